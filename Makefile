@@ -1,0 +1,39 @@
+# The README's commands. Each target sets up its own virtual environment first.
+#   make test      unit tests + every chapter executed by nbval (what CI runs)
+#   make book      the rendered site in _build/html
+#   make notebooks re-execute every chapter in place; make notebook NB=03 for one
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: setup test book notebooks notebook check-notebooks clean
+
+$(STAMP): requirements.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -r requirements.txt
+	$(BIN)/python -m pip install -q --no-deps -e .
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+test: $(STAMP)
+	MPLBACKEND=Agg $(BIN)/python -m pytest tests book --nbval-lax --nbval-current-env \
+		--nbval-cell-timeout=600 --durations=15 -q
+
+book: $(STAMP)
+	$(BIN)/jupyter-book build . -W -n --keep-going
+	@echo "The book is in _build/html/index.html"
+
+notebooks: $(STAMP)
+	$(BIN)/python tools/book.py execute
+
+notebook: $(STAMP)
+	$(BIN)/python tools/book.py execute $(NB)
+
+check-notebooks: $(STAMP)
+	$(BIN)/python tools/book.py check
+
+clean:
+	rm -rf _build .pytest_cache
