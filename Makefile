@@ -19,7 +19,7 @@ $(STAMP): requirements.txt pyproject.toml
 setup: $(STAMP)
 
 test: $(STAMP)
-	MPLBACKEND=Agg $(BIN)/python -m pytest tests book --nbval-lax --nbval-current-env \
+	$(BIN)/python -m pytest tests book --nbval-lax --nbval-current-env \
 		--nbval-cell-timeout=600 --durations=15 -q
 
 book: $(STAMP)

@@ -142,10 +142,15 @@ class ShapesDataset(torch.utils.data.Dataset):
             x0, y0 = rng.uniform(0, width), rng.uniform(0, height)
             theta, length = rng.uniform(0, math.pi), rng.uniform(10, 0.5 * max(height, width))
             thickness = rng.uniform(1.0, 2.5)
-            dist_along = (xx - x0) * math.cos(theta) + (yy - y0) * math.sin(theta)
-            dist_across = -(xx - x0) * math.sin(theta) + (yy - y0) * math.cos(theta)
+            # Only the stroke's bounding window needs testing: far cheaper than the whole image.
+            reach = length / 2 + thickness
+            r0, r1 = max(int(y0 - reach), 0), min(int(y0 + reach) + 1, height)
+            c0, c1 = max(int(x0 - reach), 0), min(int(x0 + reach) + 1, width)
+            wy, wx = yy[r0:r1, c0:c1] - y0, xx[r0:r1, c0:c1] - x0
+            dist_along = wx * math.cos(theta) + wy * math.sin(theta)
+            dist_across = -wx * math.sin(theta) + wy * math.cos(theta)
             stroke = (np.abs(dist_across) <= thickness / 2) & (np.abs(dist_along) <= length / 2)
-            image[stroke] = colour
+            image[r0:r1, c0:c1][stroke] = colour
         image += rng.normal(0.0, 0.03, size=image.shape).astype(np.float32)
         return np.clip(image, 0.0, 1.0).astype(np.float32)
 

@@ -40,9 +40,10 @@ def show_image(image: torch.Tensor, ax=None, title: Optional[str] = None):
     """Show a ``(3, H, W)`` image on ``ax`` (a new figure when None); returns ``ax``."""
     import matplotlib.pyplot as plt
 
+    array = image_to_numpy(image)  # checks the image before a figure is made
     if ax is None:
         _, ax = plt.subplots(figsize=(5, 5))
-    ax.imshow(image_to_numpy(image))
+    ax.imshow(array)
     ax.set_axis_off()
     if title:
         ax.set_title(title)
@@ -125,3 +126,34 @@ def show_source(obj) -> "object":
     except ImportError:  # outside Jupyter: plain text
         return source
     return Markdown(f"```python\n{source}```")
+
+
+def plot_losses(history, ax=None, keys: Optional[Sequence[str]] = None, smooth: int = 20,
+                x: str = "iteration", title: Optional[str] = None, label_prefix: str = ""):
+    """Plot a training loss log (``Trainer.fit``'s list of dicts) on ``ax``; returns ``ax``.
+
+    Draws each loss component (``keys``: default every ``loss_*`` entry) as a
+    moving average over ``smooth`` iterations, against ``x`` ("iteration" or
+    "seconds"), on a log y axis.
+    """
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(7, 4))
+    if not history:
+        raise ValueError("the loss log is empty: train for at least one iteration first.")
+    keys = list(keys) if keys is not None else [k for k in history[0] if k.startswith("loss_")]
+    xs = np.array([row[x] for row in history], dtype=float)
+    for key in keys:
+        values = np.array([row.get(key, np.nan) for row in history], dtype=float)
+        width = max(1, min(smooth, len(values)))
+        kernel = np.ones(width) / width
+        smoothed = np.convolve(values, kernel, mode="valid")  # (n - width + 1,)
+        ax.plot(xs[width - 1:], smoothed, label=f"{label_prefix}{key}")
+    ax.set_yscale("log")
+    ax.set_xlabel("iteration" if x == "iteration" else "seconds of training")
+    ax.set_ylabel(f"loss (moving average of {smooth})")
+    ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title)
+    return ax

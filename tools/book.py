@@ -12,6 +12,7 @@ unique prefix ("03"). ``make notebooks`` and ``make notebook NB=03`` call this.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -106,6 +107,7 @@ def execute(paths: List[Path], timeout: int = 900) -> None:
     """Re-execute notebooks in place (cwd = book/), printing each one's wall time."""
     from nbclient import NotebookClient
 
+    os.environ.pop("MPLBACKEND", None)  # the kernel must use the inline backend, or figures vanish
     for path in paths:
         nb = nbformat.read(path, as_version=4)
         sync_setup_cell(nb)
