@@ -2,12 +2,13 @@
 #   make test      unit tests + every chapter executed by nbval (what CI runs)
 #   make book      the rendered site in _build/html
 #   make notebooks re-execute every chapter in place; make notebook NB=03 for one
+#   make student / make instructor   the two editions (solutions hidden / shown)
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup test book notebooks notebook check-notebooks clean
+.PHONY: setup test book notebooks notebook check-notebooks student instructor demo-model benchmarks clean
 
 $(STAMP): requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +35,18 @@ notebook: $(STAMP)
 
 check-notebooks: $(STAMP)
 	$(BIN)/python tools/book.py check
+
+student: $(STAMP)
+	$(BIN)/python tools/book.py edition student
+
+instructor: $(STAMP)
+	$(BIN)/python tools/book.py edition instructor
+
+demo-model: $(STAMP)
+	$(BIN)/python -m frcnn_lite train --recipe demo --out data/demo_model.pt
+
+benchmarks: $(STAMP)
+	$(BIN)/python benchmarks/train_vs_torchvision.py
 
 clean:
 	rm -rf _build .pytest_cache

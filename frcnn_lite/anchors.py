@@ -110,11 +110,13 @@ def label_anchors(anchors: torch.Tensor, gt_boxes: torch.Tensor, image_size: Tup
     (ties included, and only when that IoU is above 0); an anchor with IoU
     ``>= fg_iou`` with some box is positive.
     """
-    check_boxes(anchors, "anchors")
-    check_boxes(gt_boxes, "gt_boxes")
-    if anchors.device != gt_boxes.device:
+    # Devices first: the value checks below cannot read a tensor on the wrong device.
+    if isinstance(anchors, torch.Tensor) and isinstance(gt_boxes, torch.Tensor) \
+            and anchors.device != gt_boxes.device:
         raise ValueError(f"anchors are on {anchors.device} but gt_boxes on {gt_boxes.device}; "
                          f"move them to one device, e.g. gt_boxes.to(anchors.device).")
+    check_boxes(anchors, "anchors")
+    check_boxes(gt_boxes, "gt_boxes")
     _check_gt_inside(gt_boxes, image_size)
     height, width = image_size
     inside = ((anchors[:, 0] >= -allowed_border) & (anchors[:, 1] >= -allowed_border)
@@ -169,3 +171,25 @@ def _random_subset(n: int, k: int, generator: Optional[torch.Generator], device:
     """``k`` distinct random indices in ``[0, n)``, on ``device``."""
     gen_device = generator.device if generator is not None else device
     return torch.randperm(n, generator=generator, device=gen_device)[:k].to(device)
+
+
+def anchor_coverage(anchors: torch.Tensor, gt_boxes: torch.Tensor,
+                    image_size: Optional[Tuple[int, int]] = None) -> torch.Tensor:
+    """Best IoU ``(G,)`` of each ground-truth box ``(G, 4)`` with any anchor ``(N, 4)``.
+
+    How well a set of anchors "covers" the objects: a box whose best IoU is
+    below ``fg_iou`` (0.7) only gets a positive anchor through the
+    highest-IoU rule of §3.1.2, and one far below it is hard for the RPN to
+    regress to. With ``image_size = (H, W)`` only anchors inside the image
+    count, as in training (§3.3). Chapter 3 draws its histogram.
+    """
+    check_boxes(anchors, "anchors")
+    check_boxes(gt_boxes, "gt_boxes")
+    if image_size is not None:
+        height, width = image_size
+        inside = ((anchors[:, 0] >= 0) & (anchors[:, 1] >= 0)
+                  & (anchors[:, 2] <= width) & (anchors[:, 3] <= height))
+        anchors = anchors[inside]
+    if anchors.shape[0] == 0 or gt_boxes.shape[0] == 0:
+        return torch.zeros(gt_boxes.shape[0], dtype=gt_boxes.dtype, device=gt_boxes.device)
+    return box_iou(anchors, gt_boxes, validate=False).max(dim=0).values  # (G,)

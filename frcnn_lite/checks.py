@@ -102,3 +102,45 @@ def check_target(target: dict, num_classes: int, name: str = "target") -> None:
                          f"{' with keys ' + str(sorted(target)) if isinstance(target, dict) else ''}.")
     check_boxes(target["boxes"], f"{name}['boxes']")
     check_labels(target["labels"], num_classes, target["boxes"].shape[0], f"{name}['labels']")
+
+
+def check_detection_boxes(boxes: torch.Tensor, name: str = "boxes") -> None:
+    """Check model-made boxes ``(N, 4)`` (detections, proposals): finite, never inverted.
+
+    Unlike ground truth they may have zero width or height (clipping to the
+    image makes some), but ``x2 < x1`` or ``y2 < y1`` is always a mistake.
+    """
+    check_boxes(boxes, name, allow_degenerate=True)
+    inverted = (boxes[:, 2] < boxes[:, 0]) | (boxes[:, 3] < boxes[:, 1])
+    if bool(inverted.any()):
+        i = int(inverted.nonzero()[0])
+        raise ValueError(f"{name}[{i}] = {boxes[i].tolist()} has x2 < x1 or y2 < y1; boxes are "
+                         f"(x1, y1, x2, y2). Convert (x, y, w, h) boxes with "
+                         f"torchvision.ops.box_convert(boxes, 'xywh', 'xyxy').")
+
+
+def check_prediction(prediction: dict, num_classes: int, name: str = "prediction") -> None:
+    """Check a detection ``{"boxes": (D, 4), "labels": (D,) int64 in 1..K, "scores": (D,)}``.
+
+    Scores must be probabilities in ``[0, 1]`` (not logits) and never NaN.
+    """
+    if not isinstance(prediction, dict) or not {"boxes", "labels", "scores"} <= set(prediction):
+        found = sorted(prediction) if isinstance(prediction, dict) else type(prediction).__name__
+        raise ValueError(f"{name} must be a dict with 'boxes' (D, 4), 'labels' (D,) and 'scores' "
+                         f"(D,), got {found}.")
+    boxes, scores = prediction["boxes"], prediction["scores"]
+    check_detection_boxes(boxes, f"{name}['boxes']")
+    check_labels(prediction["labels"], num_classes, boxes.shape[0], f"{name}['labels']")
+    if not isinstance(scores, torch.Tensor) or scores.shape != (boxes.shape[0],):
+        shape = tuple(scores.shape) if isinstance(scores, torch.Tensor) else type(scores).__name__
+        raise ValueError(f"{name}['scores'] must be a tensor of shape ({boxes.shape[0]},), one "
+                         f"score per box, got {shape}.")
+    if not scores.is_floating_point():
+        raise TypeError(f"{name}['scores'] must be floating point, got {scores.dtype}.")
+    if bool(torch.isnan(scores).any()):
+        raise ValueError(f"{name}['scores'] contains NaN; a NaN score cannot be ranked. "
+                         f"Check the model's outputs.")
+    if scores.numel() and (float(scores.min()) < 0.0 or float(scores.max()) > 1.0):
+        raise ValueError(f"{name}['scores'] must be probabilities in [0, 1], got values in "
+                         f"[{float(scores.min()):.3g}, {float(scores.max()):.3g}]; pass softmax "
+                         f"scores, not logits.")
