@@ -46,7 +46,8 @@ demo-model: $(STAMP)
 	$(BIN)/python -m frcnn_lite train --recipe demo --out data/demo_model.pt
 
 benchmarks: $(STAMP)
-	$(BIN)/python benchmarks/train_vs_torchvision.py
+	$(BIN)/python benchmarks/run_all.py
+	$(BIN)/python benchmarks/train_vs_torchvision.py --threads 1
 
 clean:
 	rm -rf _build .pytest_cache

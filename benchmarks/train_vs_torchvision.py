@@ -23,69 +23,12 @@ N_reg = anchor locations, lambda = 10), and drops proposals under 1e-3 px (ours
 from __future__ import annotations
 
 import argparse
-import copy
 import dataclasses
 import time
 
 import torch
-from torch import nn
-from torchvision.ops import MultiScaleRoIAlign
 
-
-class _RoIMaxPool(MultiScaleRoIAlign):
-    """RoI max pooling (Fast R-CNN's, as frcnn_lite uses) in torchvision's ``box_roi_pool`` slot.
-
-    torchvision's FasterRCNN only accepts a MultiScaleRoIAlign there, so this subclasses it
-    and replaces the forward pass with ``torchvision.ops.roi_pool`` on the single map.
-    """
-
-    def __init__(self, output_size: int, spatial_scale: float):
-        super().__init__(["0"], output_size, sampling_ratio=0)
-        self.pool_size, self.spatial_scale = output_size, spatial_scale
-
-    def forward(self, features, proposals, image_shapes):
-        from torchvision.ops import roi_pool
-
-        return roi_pool(features["0"], proposals, self.pool_size, self.spatial_scale)
-
-
-class _SingleMap(nn.Module):
-    """torchvision expects ``backbone(x)`` to return a tensor or an OrderedDict of maps."""
-
-    def __init__(self, backbone):
-        super().__init__()
-        self.body, self.out_channels = backbone, backbone.out_channels
-
-    def forward(self, x):
-        return self.body(x)
-
-
-def torchvision_twin(ours):
-    """A torchvision FasterRCNN configured as ``ours`` (a frcnn_lite FasterRCNN)."""
-    from torchvision.models.detection import FasterRCNN as TVFasterRCNN
-    from torchvision.models.detection.anchor_utils import AnchorGenerator
-    from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
-
-    c = ours.config
-    backbone = _SingleMap(copy.deepcopy(ours.backbone))  # same module, same initial weights
-    anchors = AnchorGenerator(sizes=(tuple(int(s) for s in c.scales),),
-                              aspect_ratios=(tuple(c.ratios),))
-    head = TwoMLPHead(backbone.out_channels * c.pool_size ** 2, c.representation_size)
-    return TVFasterRCNN(
-        backbone, num_classes=None, min_size=c.min_size, max_size=c.max_size,
-        image_mean=list(ours.backbone.mean), image_std=list(ours.backbone.std),
-        rpn_anchor_generator=anchors,
-        rpn_pre_nms_top_n_train=c.pre_nms_top_n_train, rpn_post_nms_top_n_train=c.post_nms_top_n_train,
-        rpn_pre_nms_top_n_test=c.pre_nms_top_n_test, rpn_post_nms_top_n_test=c.post_nms_top_n_test,
-        rpn_nms_thresh=c.rpn_nms_thresh, rpn_fg_iou_thresh=c.rpn_fg_iou, rpn_bg_iou_thresh=c.rpn_bg_iou,
-        rpn_batch_size_per_image=c.rpn_batch_size_per_image,
-        rpn_positive_fraction=c.rpn_positive_fraction,
-        box_roi_pool=_RoIMaxPool(c.pool_size, 1.0 / ours.backbone.stride), box_head=head,
-        box_predictor=FastRCNNPredictor(c.representation_size, c.num_classes + 1),
-        box_score_thresh=c.score_thresh, box_nms_thresh=c.nms_thresh,
-        box_detections_per_img=c.detections_per_img, box_fg_iou_thresh=c.roi_fg_iou,
-        box_bg_iou_thresh=c.roi_bg_iou_hi, box_batch_size_per_image=c.roi_batch_size_per_image,
-        box_positive_fraction=c.roi_positive_fraction)
+from frcnn_lite.speed import torchvision_twin  # same backbone, anchors, sizes, RoI max pooling
 
 
 def train(model, dataset, config, device) -> float:
@@ -128,7 +71,12 @@ def main() -> None:
     parser.add_argument("--num-images", type=int, default=400, help="training images")
     parser.add_argument("--eval-images", type=int, default=100)
     parser.add_argument("--device", default=None)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch.set_num_threads for both runs (default: torch's choice)")
+    parser.add_argument("--json", default=None, help="also write the results here")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device) if args.device else pick_device()
     recipe = RECIPES[args.recipe]
     config = dataclasses.replace(recipe.train, iterations=args.iterations,
@@ -155,6 +103,15 @@ def main() -> None:
     (ours_speed, ours_map), (tv_speed, tv_map) = results["frcnn_lite"], results["torchvision"]
     print(f"ratio frcnn_lite / torchvision: throughput {ours_speed / tv_speed:.2f}x, "
           f"mAP {ours_map / max(tv_map, 1e-9):.2f}x ({ours_map - tv_map:+.4f})")
+    if args.json:
+        import json
+
+        from frcnn_lite.speed import machine_info
+
+        with open(args.json, "w") as f:
+            json.dump({"args": vars(args), "machine": machine_info(device), "threads":
+                       torch.get_num_threads(), "images_per_s": {k: v[0] for k, v in results.items()},
+                       "mAP": {k: v[1] for k, v in results.items()}}, f, indent=1)
 
 
 if __name__ == "__main__":

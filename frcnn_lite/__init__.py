@@ -17,9 +17,10 @@ One module per concept of the paper (see the book's preface for the map):
 - ``checkpoint``  safe, resumable checkpoints that carry their configuration (ch. 9)
 - ``recipes``     named training recipes, prediction and evaluation helpers (ch. 9)
 - ``evaluate``    VOC AP, COCO AP via pycocotools, proposal recall, errors (ch. 10)
-- ``exercises``   checkers for the exercises; ``experiments``, ``one_stage`` (ch. 11)
+- ``exercises``   checkers for the exercises; ``experiments``, ``ablations``, ``one_stage`` (ch. 11)
 - ``real_data``   VOC, COCO and Penn-Fudan loaders; ``downloads`` (ch. 12)
 - ``distributed`` DistributedDataParallel training under torchrun (ch. 12)
+- ``speed``       careful timing, per-stage times (Table V), a torchvision twin (ch. 13)
 - ``viz``, ``widgets``  drawing in the book's colours; ipywidgets explorers
 
 Nothing here imports matplotlib at import time; ``viz`` does when it is used.

@@ -162,3 +162,51 @@ def decode_boxes(reference: torch.Tensor, deltas: torch.Tensor,
     w = wa * torch.exp(tw)
     h = ha * torch.exp(th)
     return torch.stack((x - 0.5 * w, y - 0.5 * h, x + 0.5 * w, y + 0.5 * h), dim=1)  # (N, 4)
+
+
+def nms_top_n(boxes: torch.Tensor, scores: torch.Tensor, iou_thresh: float, top_n: int, *,
+              chunk_size: int | None = None) -> torch.Tensor:
+    """Greedy NMS that stops once ``top_n`` boxes are kept: ``(N, 4), (N,) -> (K,)`` indices.
+
+    Returns exactly ``torchvision.ops.nms(boxes, scores, iou_thresh)[:top_n]``
+    (the kept indices, best first; equal scores keep their input order, as
+    that op's stable sort does), but usually much faster when ``top_n`` is
+    small: the proposal layer (§3.3) keeps 300 of 6000 boxes.
+
+    Why it is exact: greedy NMS visits boxes best first, and whether box ``i``
+    survives depends only on the boxes visited before it. So the first ``m``
+    boxes in score order give the same survivors among themselves as all
+    ``N`` do. We run NMS on chunks of ``chunk_size`` boxes in score order,
+    each together with the survivors so far (which go first and never
+    suppress each other), and stop as soon as ``top_n`` have survived. The
+    IoUs are computed by the same kernel on the same pairs, so the decisions
+    are bit-for-bit those of the full call.
+
+    ``chunk_size`` defaults to ``2 * top_n`` on the CPU, where one NMS call
+    costs up to ~N^2 / 2 IoUs (for 300 of 6000 boxes, chunks of 600 beat 300
+    and 1000 in our measurements). On a GPU, whose NMS kernel is parallel and
+    where every chunk would cost a host sync, the default is one call.
+    Built in chapter 13 (speed).
+    """
+    from torchvision.ops import nms
+
+    if boxes.dim() != 2 or boxes.shape[-1] != 4 or scores.shape != boxes.shape[:1]:
+        raise ValueError(f"need boxes (N, 4) and scores (N,), got {tuple(boxes.shape)} and "
+                         f"{tuple(scores.shape)}.")
+    if top_n < 0:
+        raise ValueError(f"top_n is how many boxes to keep, >= 0; got {top_n}.")
+    n = boxes.shape[0]
+    if chunk_size is None:
+        chunk_size = max(2 * top_n, 1) if boxes.device.type == "cpu" else max(n, 1)
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}.")
+    if n <= chunk_size:
+        return nms(boxes, scores, iou_thresh)[:top_n]
+    order = scores.sort(descending=True, stable=True)[1]  # (N,) the order nms visits boxes in
+    kept = order[:0]  # (K,) survivors so far, best first
+    for start in range(0, n, chunk_size):
+        candidates = torch.cat([kept, order[start:start + chunk_size]])  # already in visiting order
+        kept = candidates[nms(boxes[candidates], scores[candidates], iou_thresh)]
+        if kept.shape[0] >= top_n:  # one host sync per chunk
+            break
+    return kept[:top_n]

@@ -850,7 +850,10 @@ def grade_anchor_scale_ablation(rows: List[dict], *, small_scale: float,
         if "config" not in row or "scales" not in row["config"] or metric not in row:
             raise WrongAnswer(f"row {i} must have row['config']['scales'] and row[{metric!r}]; "
                               f"got keys {sorted(row)}.")
-    with_small = [r for r in rows if float(small_scale) in [float(s) for s in r["config"]["scales"]]]
+    def scales_of(row):  # a run with scales=None used its checkpoint's, kept in "scales_used"
+        return [float(s) for s in (row["config"]["scales"] or row.get("scales_used") or [])]
+
+    with_small = [r for r in rows if float(small_scale) in scales_of(r)]
     without = [r for r in rows if r not in with_small]
     if not with_small or not without:
         raise WrongAnswer(f"need a run with the {small_scale:g} px scale and one without it; got "
@@ -858,7 +861,8 @@ def grade_anchor_scale_ablation(rows: List[dict], *, small_scale: float,
 
     def others(row):
         config = dict(row["config"])
-        scales = [float(s) for s in config.pop("scales") if float(s) != float(small_scale)]
+        config.pop("scales")
+        scales = [s for s in scales_of(row) if s != float(small_scale)]
         return sorted((k, repr(v)) for k, v in config.items()), scales
 
     pairs = [(a, b) for a in with_small for b in without if others(a) == others(b)]

@@ -16,12 +16,21 @@ each in miniature on the shapes dataset; the instructor guide assigns them.
   covers with IoU >= 0.5 (two-stage only; NaN for the one-stage detector).
 - ``seconds``: wall time of training plus evaluation on this machine.
 
+Two kinds of configuration run through the same grid, cache and table:
+:class:`ExperimentConfig` trains a whole small detector from scratch, and
+:class:`frcnn_lite.ablations.FrozenBackboneConfig` keeps a trained backbone
+frozen and trains only the heads the ablation changes (the paper's steps 3
+and 4, §3.2), which is what makes the ablations measurable on a CPU. Each
+configuration knows how to ``run(device, memo)``; this module caches and
+tabulates.
+
 Results are cached on disk, one JSON file per configuration named by a hash
 of it, so a notebook that is run again reads them instead of retraining. The
 cache lives in ``cache_dir`` (default ``~/.cache/frcnn_lite/ablations``;
 ``data/ablations`` holds results shipped with the book). A configuration that
 only changes test-time settings (``post_nms_top_n_test``) reuses the trained
-weights of its training configuration within one :func:`run_grid` call.
+weights of its training configuration within one :func:`run_grid` call (or
+across calls that share a ``memo`` dict).
 
 Built in chapter 11.
 """
@@ -84,6 +93,25 @@ class ExperimentConfig:
     def to_dict(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v
                 for k, v in dataclasses.asdict(self).items()}
+
+    def run(self, device, memo: dict) -> dict:
+        """Train from scratch (or reuse ``memo``'s weights for test-time changes), evaluate."""
+        start = time.perf_counter()
+        model = build_model(self)
+        state = memo.get(("weights", self.training_key()))
+        if state is not None:  # only test-time settings differ: reuse the weights
+            model.load_state_dict(state["weights"])
+            train_seconds = state["seconds"]
+        else:
+            train(model, make_dataset(self, "train"), self, device)
+            train_seconds = time.perf_counter() - start
+            memo[("weights", self.training_key())] = {
+                "weights": {k: v.detach().clone() for k, v in model.state_dict().items()},
+                "seconds": train_seconds}
+        eval_start = time.perf_counter()
+        metrics = evaluate(model, make_dataset(self, "test"), device)
+        return {**metrics, "train_seconds": round(train_seconds, 1),
+                "seconds": round(train_seconds + time.perf_counter() - eval_start, 1)}
 
 
 def make_dataset(config: ExperimentConfig, split: str):
@@ -156,8 +184,6 @@ def train(model: torch.nn.Module, dataset, config: ExperimentConfig, device) -> 
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, dataset, device, num_classes: int = 5) -> Dict[str, float]:
     """mAP (VOC 07), AP@0.5 per COCO size bucket, and proposal recall at IoU 0.5."""
-    from frcnn_lite.evaluate import evaluate_coco, evaluate_voc, proposal_recall
-
     model.to(device).eval()
     predictions, targets, proposals = [], [], []
     for index in range(len(dataset)):
@@ -168,6 +194,15 @@ def evaluate(model: torch.nn.Module, dataset, device, num_classes: int = 5) -> D
             batch, sizes, _ = model.prepare([image.to(device)])
             boxes, _ = model.rpn.propose(model.backbone(batch), sizes)
             proposals.append(boxes[0].cpu())  # resized = original here (min_size = image size)
+    return metrics(predictions, targets, proposals, num_classes)
+
+
+def metrics(predictions: List[dict], targets: List[dict], proposals: Optional[List] = None,
+            num_classes: int = 5) -> Dict[str, float]:
+    """The row's numbers from predictions, targets and (two-stage) proposals, all in
+    original image coordinates: mAP (VOC 07), AP@0.5 per COCO size bucket, recall."""
+    from frcnn_lite.evaluate import evaluate_coco, evaluate_voc, proposal_recall
+
     voc = evaluate_voc(predictions, targets, num_classes)
     coco = evaluate_coco(predictions, targets, num_classes)
     precision = coco["coco_eval"].eval["precision"]  # (T, 101, K, 4 areas, 3 maxDets)
@@ -181,9 +216,10 @@ def evaluate(model: torch.nn.Module, dataset, device, num_classes: int = 5) -> D
     return row
 
 
-def run_experiment(config: ExperimentConfig, *, cache_dir: Union[str, Path, None] = None,
-                   device=None, trained: Optional[dict] = None) -> dict:
-    """Train and evaluate one configuration, or read its cached result."""
+def run_experiment(config, *, cache_dir: Union[str, Path, None] = None, device=None,
+                   memo: Optional[dict] = None) -> dict:
+    """Run one configuration (any object with ``key()``, ``to_dict()`` and ``run(device,
+    memo)``), or read its cached result; the row is written to the cache atomically."""
     from frcnn_lite.utils import pick_device
 
     cache_dir = Path(cache_dir) if cache_dir is not None else DEFAULT_CACHE
@@ -192,23 +228,7 @@ def run_experiment(config: ExperimentConfig, *, cache_dir: Union[str, Path, None
         row = json.loads(path.read_text())
         return {**row, "cached": True}
     device = torch.device(device) if device is not None else pick_device()
-    start = time.perf_counter()
-    model = build_model(config)
-    state = (trained or {}).get(config.training_key())
-    if state is not None:  # only test-time settings differ: reuse the weights
-        model.load_state_dict(state["weights"])
-        train_seconds = state["seconds"]
-    else:
-        train(model, make_dataset(config, "train"), config, device)
-        train_seconds = time.perf_counter() - start
-        if trained is not None:
-            trained[config.training_key()] = {
-                "weights": {k: v.detach().clone() for k, v in model.state_dict().items()},
-                "seconds": train_seconds}
-    eval_start = time.perf_counter()
-    metrics = evaluate(model, make_dataset(config, "test"), device)
-    row = {"config": config.to_dict(), **metrics, "train_seconds": round(train_seconds, 1),
-           "seconds": round(train_seconds + time.perf_counter() - eval_start, 1),
+    row = {"config": config.to_dict(), **config.run(device, memo if memo is not None else {}),
            "device": str(device)}
     cache_dir.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
@@ -217,16 +237,21 @@ def run_experiment(config: ExperimentConfig, *, cache_dir: Union[str, Path, None
     return {**row, "cached": False}
 
 
-def run_grid(configs: Iterable[ExperimentConfig], *, cache_dir: Union[str, Path, None] = None,
-             device=None, progress: bool = True) -> List[dict]:
-    """Run every configuration (cached ones are read back); one row per configuration."""
+def run_grid(configs: Iterable, *, cache_dir: Union[str, Path, None] = None, device=None,
+             progress: bool = True, memo: Optional[dict] = None) -> List[dict]:
+    """Run every configuration (cached ones are read back); one row per configuration.
+
+    ``memo`` holds what runs can share in memory (trained weights for test-time
+    variants, a frozen backbone's feature maps); pass the same dict to several
+    calls to share it between them.
+    """
     from tqdm.auto import tqdm
 
     configs = list(configs)
-    trained: dict = {}
+    memo = {} if memo is None else memo
     rows = []
     for config in tqdm(configs, disable=not progress, desc="ablation", dynamic_ncols=True):
-        rows.append(run_experiment(config, cache_dir=cache_dir, device=device, trained=trained))
+        rows.append(run_experiment(config, cache_dir=cache_dir, device=device, memo=memo))
     return rows
 
 
@@ -254,7 +279,7 @@ def table(rows: List[dict], columns: Sequence[str] = ("mAP", "AP_small", "AP_med
         cells = [_fmt_value(row["config"][k]) for k in vary]
         for c in columns:
             value = row.get(c, math.nan)
-            cells.append(f"{value:.1f}" if c == "seconds" else
+            cells.append(f"{value:.1f}" if c.endswith("seconds") else
                          ("-" if value is None or (isinstance(value, float) and math.isnan(value))
                           else f"{100 * value:.1f}"))
         if paper is not None:

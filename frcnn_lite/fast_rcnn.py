@@ -381,8 +381,8 @@ class RoIHeads(nn.Module):
                                  "call .eval() to get detections.")
             return [], self.losses(features, proposals, targets)
         class_logits, box_deltas = self.head(features, proposals)
-        detections = postprocess_detections(
-            class_logits, box_deltas, proposals, image_sizes, score_thresh=self.score_thresh,
+        detections = postprocess_detections(  # in float32, also under mixed precision
+            class_logits.float(), box_deltas.float(), proposals, image_sizes, score_thresh=self.score_thresh,
             nms_thresh=self.nms_thresh, detections_per_img=self.detections_per_img,
             box_weights=self.box_weights)
         losses = self.losses(features, proposals, targets) if targets is not None else {}

@@ -34,8 +34,9 @@ value of a stride-1 ``h x w`` max pool of the whole map, read at the bin's
 top-left cell. So the map is max-pooled once per bin size that occurs (at
 most ``kh * kw`` sizes, a handful), and every bin of every RoI is then read
 off the map of its size in one gather. There is no loop over RoIs, and
-autograd supplies rule 6: a max pool routes its gradient to its (first)
-argmax and the gather adds up bins that share a cell. The extra memory is
+autograd supplies rule 6: each pool is grown one cell at a time with
+``torch.where(earlier >= new, earlier, new)``, which routes the gradient to
+the first maximal cell, and the gather adds up bins that share a cell. The extra memory is
 ``kh * kw`` pooled copies of the map: tiny for the book's 16 x 16 maps; for
 VGG-16 on 600 x 1000 images (``kh x kw`` about 7 x 10) the Fast R-CNN head's
 ``roi_pool_impl="torchvision"`` is the faster choice.
@@ -181,17 +182,30 @@ def roi_pool(features: torch.Tensor, rois: Rois, output_size: Union[int, Tuple[i
     # bin size that occurs, then read every bin off the map of its size: no loop over
     # RoIs, and R * out_h * out_w * C values gathered. The pools are separable (along
     # each row first, then down the columns), which also keeps rule 6's tie order: the
-    # first maximal row, and in it the first maximal column.
+    # first maximal row, and in it the first maximal column. (Growing the pools with
+    # torch.where, below, measured 1.4-2.4x faster than one F.max_pool2d per size; ch. 13.)
     heights, widths = y_hi - y_lo, x_hi - x_lo  # (R, out_h), (R, out_w) bin sizes, 0 if empty
     kh = max(int(heights.max()), 1)  # the one host sync: how many sizes to pool
     kw = max(int(widths.max()), 1)
-    along_rows = [F.max_pool2d(features, (1, w), stride=1) for w in range(1, kw + 1)]
-    maps = []  # maps[(h - 1) * kw + (w - 1)]: (B, C, H, W), pooled h x w, zero-padded
-    for h in range(1, kh + 1):
-        for w in range(1, kw + 1):
-            pooled = F.max_pool2d(along_rows[w - 1], (h, 1), stride=1)  # (B, C, H-h+1, W-w+1)
-            maps.append(F.pad(pooled, (0, w - 1, 0, h - 1)))  # padding is never read
-    maps = torch.stack(maps)  # (kh * kw, B, C, H, W)
+    # Sliding maxima grown one cell at a time: the w-wide max at column x is the (w-1)-wide
+    # max at x, or the cell x + w - 1 if that is larger. torch.where(old >= new) keeps the
+    # earlier cell on ties, so the gradient goes where rule 6 sends it. Channels last, so
+    # that the gather below reads C contiguous values per bin.
+    x_cl = features.permute(0, 2, 3, 1)  # (B, H, W, C)
+    along_rows = [x_cl]  # along_rows[w - 1]: (B, H, W - w + 1, C), max over w columns
+    for w in range(2, kw + 1):
+        prev, new = along_rows[-1][:, :, :-1], x_cl[:, :, w - 1:]
+        along_rows.append(torch.where(prev >= new, prev, new))
+    # maps[(h - 1) * kw + (w - 1)]: the h x w pooled map, zero-padded; the padding is never read.
+    grown = [[None] * kw for _ in range(kh)]
+    for w in range(1, kw + 1):
+        pooled = along_rows[w - 1]  # (B, H - h + 1, W - w + 1, C): max over h rows, w columns
+        for h in range(1, kh + 1):
+            if h > 1:
+                prev, new = pooled[:, :-1], along_rows[w - 1][:, h - 1:]
+                pooled = torch.where(prev >= new, prev, new)
+            grown[h - 1][w - 1] = F.pad(pooled, (0, 0, 0, w - 1, 0, h - 1))  # (B, H, W, C)
+    maps = torch.stack([m for row in grown for m in row])  # (kh * kw, B, H, W, C)
 
     # Empty bins read any valid cell of the 1 x 1 map and are zeroed below.
     empty = (heights == 0)[:, :, None] | (widths == 0)[:, None, :]  # (R, out_h, out_w)
@@ -200,7 +214,9 @@ def roi_pool(features: torch.Tensor, rois: Rois, output_size: Union[int, Tuple[i
     batch = rois[:, 0].long()[:, None, None]  # (R, 1, 1)
     y = y_lo.clamp(max=height - 1)[:, :, None]  # (R, out_h, 1) top row of each bin
     x = x_lo.clamp(max=width - 1)[:, None, :]  # (R, 1, out_w) left column of each bin
-    out = maps[size, batch, :, y, x]  # (R, out_h, out_w, C)
+    cell = ((size * features.shape[0] + batch) * height + y) * width + x  # (R, out_h, out_w)
+    out = maps.reshape(-1, channels).index_select(0, cell.reshape(-1))  # (R * out_h * out_w, C)
+    out = out.reshape(num_rois, out_h, out_w, channels)  # (R, out_h, out_w, C), one gather
     out = out.masked_fill(empty[..., None], 0.0)  # rule 5: empty bins give 0, and no gradient
     return out.permute(0, 3, 1, 2).contiguous()  # (R, C, out_h, out_w)
 

@@ -21,10 +21,9 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.ops import batched_nms
 
 from frcnn_lite.anchors import POSITIVE, base_anchors, grid_anchors, label_anchors, sample_anchors
-from frcnn_lite.boxes import clip_boxes, decode_boxes, encode_boxes
+from frcnn_lite.boxes import clip_boxes, decode_boxes, encode_boxes, nms_top_n
 
 Size = Tuple[int, int]
 
@@ -140,8 +139,10 @@ def generate_proposals_batch(anchors: torch.Tensor, objectness: torch.Tensor, de
     image -> lists of B ``boxes (P_i, 4)`` and ``scores (P_i,)``, best first.
 
     Steps: decode Eq. 2, clip to the image, drop boxes under ``min_size`` on a
-    side, keep the ``pre_nms_top_n`` best, NMS at ``nms_thresh`` (one
-    ``batched_nms`` call for all images), keep the ``post_nms_top_n`` best.
+    side, keep the ``pre_nms_top_n`` best, NMS at ``nms_thresh`` per image,
+    keep the ``post_nms_top_n`` best. The last two steps are
+    :func:`frcnn_lite.boxes.nms_top_n`, which gives exactly
+    ``torchvision.ops.nms(...)[:post_nms_top_n]`` but stops early (chapter 13).
     Non-finite scores or deltas raise: they mean training diverged, and NMS
     would silently return garbage.
     """
@@ -157,7 +158,8 @@ def generate_proposals_batch(anchors: torch.Tensor, objectness: torch.Tensor, de
         raise ValueError(f"anchors ({anchors.device}), objectness ({objectness.device}) and deltas "
                          f"({deltas.device}) must be on one device; move them with .to(device).")
     # One host sync; NMS syncs anyway, since how many boxes it keeps depends on the data.
-    if not bool(torch.isfinite(objectness).all() & torch.isfinite(deltas).all()):
+    # x * 0 is 0 for finite x and NaN for NaN or inf: one cheap pass finds either.
+    if not bool(torch.isfinite((objectness * 0).sum() + (deltas * 0).sum())):
         raise ValueError("NaN or inf objectness scores or deltas reached the proposal layer: training "
                          "has diverged (try a lower learning rate, check that images are in [0, 1] "
                          "and targets are valid), or the backbone produced non-finite features.")
@@ -170,18 +172,16 @@ def generate_proposals_batch(anchors: torch.Tensor, objectness: torch.Tensor, de
     big = (wh >= min_size).all(dim=-1)  # (B, N)
     # Small boxes get score -inf so that one top-k serves every image; they are dropped after.
     scores = objectness.masked_fill(~big, float("-inf"))  # (B, N)
-    scores, order = scores.topk(min(pre_nms_top_n, n), dim=1)  # (B, K), sorted
+    scores, order = scores.topk(min(pre_nms_top_n, n), dim=1)  # (B, K), sorted, -inf last
     boxes = boxes.gather(1, order[..., None].expand(-1, -1, 4))  # (B, K, 4)
-    image_index = torch.arange(b, device=boxes.device)[:, None].expand_as(scores)  # (B, K)
-    valid = torch.isfinite(scores)  # (B, K)
-    boxes, scores, image_index = boxes[valid], scores[valid], image_index[valid]  # (V, 4), (V,), (V,)
-    keep = batched_nms(boxes, scores, image_index, nms_thresh)  # (V',) best first
-    kept_image = image_index[keep]  # (V',)
+    num_valid = torch.isfinite(scores).sum(dim=1).tolist()  # B ints: small boxes are a suffix
     out_boxes, out_scores = [], []
-    for i in range(b):  # B lists to return; no loop over boxes
-        keep_i = keep[kept_image == i][:post_nms_top_n]
-        out_boxes.append(boxes[keep_i])
-        out_scores.append(scores[keep_i])
+    for i in range(b):  # B images; no loop over boxes
+        boxes_i, scores_i = boxes[i, :num_valid[i]], scores[i, :num_valid[i]]  # (V, 4), (V,)
+        # = nms(boxes_i, scores_i)[:post_nms_top_n], stopping once enough boxes survive.
+        keep = nms_top_n(boxes_i, scores_i, nms_thresh, post_nms_top_n)  # (P,) best first
+        out_boxes.append(boxes_i[keep])
+        out_scores.append(scores_i[keep])
     return out_boxes, out_scores
 
 
@@ -284,6 +284,8 @@ class RegionProposalNetwork(nn.Module):
     def _proposals(self, anchors, logits, deltas, image_sizes):
         # Rank by the logit difference l_obj - l_bg: same order as the softmax probability,
         # but without ties where the probability rounds to 1.0.
+        # Under mixed precision the head's outputs may be float16: decode boxes in float32.
+        logits, deltas = logits.float(), deltas.float()
         objectness = logits[..., 1] - logits[..., 0]  # (B, N)
         pre, post = ((self.pre_nms_top_n_train, self.post_nms_top_n_train) if self.training
                      else (self.pre_nms_top_n_test, self.post_nms_top_n_test))

@@ -96,3 +96,108 @@ def test_one_stage_detector_trains_and_predicts():
     with pytest.raises(ValueError, match="training needs targets"):
         model.train()
         model(list(images))
+
+
+# -- frozen-backbone ablations (frcnn_lite.ablations), chapter 11 ---------------------------
+from frcnn_lite import ablations as A  # noqa: E402
+from frcnn_lite.exercises import WrongAnswer, grade_anchor_scale_ablation  # noqa: E402
+
+FROZEN = A.FrozenBackboneConfig(scales=(32, 64, 128), num_train=4, num_test=2, iterations=3,
+                                batch_size=2)
+ROW_KEYS = {"config", "mAP", "AP_small", "AP_medium", "AP_large", "recall", "seconds",
+            "train_seconds", "feature_seconds", "scales_used", "device", "cached"}
+
+
+def test_frozen_config_key_follows_fields_and_checkpoint(tmp_path):
+    assert FROZEN.scales == (32.0, 64.0, 128.0)  # ints normalised: same hash as floats
+    assert FROZEN.key() == dataclasses.replace(FROZEN, scales=(32.0, 64.0, 128.0)).key()
+    assert FROZEN.key() != dataclasses.replace(FROZEN, scales=(16, 32, 64, 128)).key()
+    assert FROZEN.key() != dataclasses.replace(FROZEN, lambda_reg=1.0).key()
+    test_time = dataclasses.replace(FROZEN, post_nms_top_n_test=50)
+    assert test_time.key() != FROZEN.key() and test_time.training_key() == FROZEN.training_key()
+    # A retrained checkpoint (other bytes, same path name) must not reuse old results.
+    a, b = tmp_path / "a.pt", tmp_path / "b.pt"
+    a.write_bytes(b"weights one")
+    b.write_bytes(b"weights two")
+    ka = dataclasses.replace(FROZEN, checkpoint=str(a)).key()
+    assert ka != dataclasses.replace(FROZEN, checkpoint=str(b)).key()
+    a.write_bytes(b"weights two")
+    assert dataclasses.replace(FROZEN, checkpoint=str(a)).key() != ka
+
+
+def test_frozen_config_bad_settings_raise(tmp_path):
+    with pytest.raises(ValueError, match="heads must be"):
+        A.FrozenBackboneConfig(heads="backbone")
+    with pytest.raises(ValueError, match="detector must be"):
+        A.FrozenBackboneConfig(detector="three_stage")
+    with pytest.raises(ValueError, match="dataset must be"):
+        A.FrozenBackboneConfig(dataset="voc")
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        A.FrozenBackboneConfig(checkpoint=str(tmp_path / "missing.pt")).key()
+    with pytest.raises(ValueError, match="at least 3 anchor scales"):
+        A.paper_like_scales((32, 64))
+    assert A.paper_like_scales((16, 32, 64, 128)) == ((32.0, 64.0, 128.0), 16.0)
+    assert A.paper_like_scales((128, 256, 512)) == ((128.0, 256.0, 512.0), 64.0)  # §4.2
+
+
+def _state(module):
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def _same(a, b):
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("heads", ["rpn", "all"])
+def test_frozen_trainer_trains_only_the_heads(heads):
+    memo = {}
+    config = dataclasses.replace(FROZEN, heads=heads, iterations=4)
+    detector = A.load_detector(config, memo)
+    bank = A.feature_bank(config, "train", "cpu", memo)
+    assert bank["features"].shape[:2] == (4, detector.backbone.out_channels)
+    model = A.build_heads(config, detector)
+    assert model.backbone is detector.backbone  # shared, not copied
+    backbone, roi_heads = _state(model.backbone), _state(model.roi_heads)
+    conv, cls = _state(model.rpn.head.conv), _state(model.rpn.head.cls_logits)
+    assert model.rpn.head.cls_logits.out_channels == 2 * 9  # the ablated anchors: 3 x 3
+    history = A.train_heads(model, bank, config)
+    assert len(history) == 4 and all(math.isfinite(v) for v in history)
+    assert _same(_state(model.backbone), backbone)  # weights *and* BatchNorm statistics
+    assert _same(_state(model.rpn.head.conv), conv)  # the checkpoint's 3x3 conv, frozen
+    assert not _same(_state(model.rpn.head.cls_logits), cls)  # the fresh 1x1 layers learn
+    assert _same(_state(model.roi_heads), roi_heads) == (heads == "rpn")
+
+
+def test_frozen_run_grid_caches_rows_and_skips_training(tmp_path, monkeypatch):
+    configs = [FROZEN, dataclasses.replace(FROZEN, post_nms_top_n_test=5),
+               dataclasses.replace(FROZEN, detector="one_stage")]
+    memo = {}
+    rows = E.run_grid(configs, cache_dir=tmp_path, device="cpu", progress=False, memo=memo)
+    for row in rows:
+        assert set(row) == ROW_KEYS and not row["cached"]
+        assert 0.0 <= row["mAP"] <= 1.0 and row["scales_used"] == [32.0, 64.0, 128.0]
+    assert rows[1]["train_seconds"] == rows[0]["train_seconds"]  # heads reused, not retrained
+    assert not math.isnan(rows[0]["recall"]) and math.isnan(rows[2]["recall"])
+    assert torch.get_num_threads() >= 1  # the runner restores the thread setting
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a cached configuration must not train")
+    monkeypatch.setattr(A, "train_heads", no_training)
+    again = E.run_grid(configs, cache_dir=tmp_path, device="cpu", progress=False)
+    assert [r["cached"] for r in again] == [True, True, True]
+    strip = [{k: v for k, v in r.items() if k != "cached"} for r in rows]
+    assert json.dumps([{k: v for k, v in r.items() if k != "cached"} for r in again]) == \
+        json.dumps(strip)
+    text = E.table(rows, vary=["detector", "post_nms_top_n_test"], paper=["1", "2", "3"])
+    assert text.splitlines()[0].split()[:3] == ["detector", "post_nms_top_n_test", "mAP"]
+    assert text.splitlines()[0].split()[-1] == "paper" and len(text.splitlines()) == 4
+
+
+def test_grader_reads_scales_used_when_config_scales_is_none():
+    base = {"config": {"scales": None, "seed": 0}, "scales_used": [32.0, 64.0, 128.0],
+            "AP_small": 0.30}
+    extra = {"config": {"scales": [16.0, 32.0, 64.0, 128.0], "seed": 0},
+             "scales_used": [16.0, 32.0, 64.0, 128.0], "AP_small": 0.40}
+    assert "raise AP_small" in grade_anchor_scale_ablation([base, extra], small_scale=16)
+    with pytest.raises(WrongAnswer, match="changed AP_small by"):
+        grade_anchor_scale_ablation([base, {**extra, "AP_small": 0.2}], small_scale=16)
