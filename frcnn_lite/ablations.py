@@ -298,20 +298,19 @@ def rpn_losses(rpn, features: torch.Tensor, sizes, targets) -> Dict[str, torch.T
 
 def train_heads(model, bank: Dict, config: FrozenBackboneConfig) -> List[float]:
     """SGD on the heads only (momentum 0.9, weight decay 5e-4), warm-up, 10x drop at 3/4."""
-    from frcnn_lite.train import batch_indices
+    from frcnn_lite.train import TrainConfig, batch_indices
 
     model.train()
     model.backbone.eval()  # frozen: BatchNorm statistics must not move either
     params = head_parameters(model)
     optimizer = torch.optim.SGD(params, lr=config.lr, momentum=0.9, weight_decay=5e-4)
-    warmup = max(1, config.iterations // 10)
+    schedule = TrainConfig(iterations=config.iterations, lr=config.lr,  # the paper's step
+                           warmup_iterations=max(1, config.iterations // 10))
     features = bank["features"]
     history = []
     for iteration in range(config.iterations):
-        factor = (0.1 if iteration >= 0.75 * config.iterations else 1.0) \
-            * min(1.0, 0.1 + 0.9 * iteration / warmup)
         for group in optimizer.param_groups:
-            group["lr"] = config.lr * factor
+            group["lr"] = config.lr * schedule.lr_factor(iteration)
         idx = batch_indices(iteration, len(features), config.batch_size, config.seed)
         losses = head_losses(model, features[idx], [bank["sizes"][i] for i in idx],
                              [bank["targets"][i] for i in idx])

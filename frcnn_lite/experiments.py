@@ -156,18 +156,17 @@ def build_model(config: ExperimentConfig, num_classes: int = 5) -> torch.nn.Modu
 
 def train(model: torch.nn.Module, dataset, config: ExperimentConfig, device) -> List[float]:
     """SGD (momentum 0.9, weight decay 5e-4), linear warm-up, one 10x drop at 3/4 (§3.3)."""
-    from frcnn_lite.train import batch_indices
+    from frcnn_lite.train import TrainConfig, batch_indices
 
     model.to(device).train()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=config.lr, momentum=0.9, weight_decay=5e-4)
-    warmup = max(1, config.iterations // 10)
+    schedule = TrainConfig(iterations=config.iterations, lr=config.lr,  # the paper's step
+                           warmup_iterations=max(1, config.iterations // 10))
     losses = []
     for iteration in range(config.iterations):
-        factor = (0.1 if iteration >= 0.75 * config.iterations else 1.0) \
-            * min(1.0, 0.1 + 0.9 * iteration / warmup)
         for group in optimizer.param_groups:
-            group["lr"] = config.lr * factor
+            group["lr"] = config.lr * schedule.lr_factor(iteration)
         indices = batch_indices(iteration, len(dataset), config.batch_size, config.seed)
         items = [dataset[i] for i in indices]
         images = [image.to(device) for image, _ in items]
