@@ -128,7 +128,7 @@ class FastRCNNHead(nn.Module):
             (the book uses 256-1024) for the tiny backbone.
         roi_pool_impl: ``"ours"`` (:func:`frcnn_lite.roi_pool.roi_pool`, built in
             chapter 7) or ``"torchvision"`` (``torchvision.ops.roi_pool``); same
-            values and gradients, torchvision's is faster on big maps.
+            values and gradients; torchvision's trains faster on big maps with big bins.
         dropout: dropout after fc6 and fc7 (0.5 in VGG-16's classifier; 0 by
             default, since the heads here train from scratch).
 

@@ -41,6 +41,7 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
                       WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
+    torch.cuda.is_available = lambda: False  # a gloo (CPU) test, also where a GPU is visible
     got_rank, got_world, device = init_distributed()
     assert (got_rank, got_world, device.type) == (rank, world, "cpu")
     torch.manual_seed(100 + rank)  # different initial weights: DDP must broadcast rank 0's
@@ -82,6 +83,7 @@ def test_two_gloo_processes_keep_identical_replicas(tmp_path):
 def test_single_process_without_torchrun(tmp_path, monkeypatch):
     """No process group: rank 0 of 1, the plain Trainer's loop (and bf16 autocast on CPU)."""
     monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the CPU path, even on a GPU
     assert init_distributed()[:2] == (0, 1)
     torch.manual_seed(0)
     model = _tiny_model()

@@ -32,9 +32,9 @@ def compare(features, rois, output_size, scale, generator, integer_grads=False):
     expected = torchvision.ops.roi_pool(tv_in, rois, output_size, scale)
     assert torch.equal(ours, expected)  # the same max of the same cells: bit-identical
     if integer_grads:  # integer sums are exact in any order: gradients must be bit-identical
-        grad = torch.randint(-4, 5, ours.shape, generator=generator).to(ours.dtype)
+        grad = torch.randint(-4, 5, ours.shape, generator=generator).to(ours)
     else:
-        grad = torch.randn(ours.shape, generator=generator, dtype=ours.dtype)
+        grad = torch.randn(ours.shape, generator=generator, dtype=ours.dtype).to(ours.device)
     ours.backward(grad)
     expected.backward(grad)
     if integer_grads:
@@ -52,14 +52,73 @@ def test_values_and_gradients_match_torchvision(scale, stride, output_size):
     compare(features, rois, output_size, scale, g)
 
 
+@pytest.mark.parametrize("scale,stride,output_size",
+                         [(1 / 16, 16, 7), (1.0, 1, (3, 5)), (0.5, 2, 2)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_ties_route_gradients_like_torchvision(dtype):
+def test_ties_route_gradients_like_torchvision(dtype, scale, stride, output_size):
     # Features from {0, 1, 2}: most bins hold several maxima; torchvision sends the
-    # gradient to the first in row-major order, and so must we, exactly.
+    # gradient to the first in row-major order, and so must we, exactly. Large bins
+    # (scale 1, few bins) test ties between rows and columns far apart.
     g = torch.Generator().manual_seed(1)
     features = torch.randint(0, 3, (2, 5, 9, 12), generator=g).to(dtype)
-    rois = random_rois(300, 2, (9, 12), 16, g, dtype=dtype)
-    compare(features, rois, 7, 1 / 16, g, integer_grads=True)
+    rois = random_rois(300, 2, (9, 12), stride, g, dtype=dtype)
+    compare(features, rois, output_size, scale, g, integer_grads=True)
+
+
+def test_gradcheck():
+    # Distinct values (no ties) spaced far wider than gradcheck's finite-difference step.
+    g = torch.Generator().manual_seed(4)
+    values = torch.randperm(2 * 3 * 7 * 9, generator=g).to(torch.float64) / 10
+    features = values.reshape(2, 3, 7, 9).requires_grad_()
+    rois = random_rois(30, 2, (7, 9), 4, g, dtype=torch.float64)
+    assert torch.autograd.gradcheck(lambda f: roi_pool(f, rois, (3, 2), 1 / 4), (features,))
+
+
+def test_training_and_inference_paths_agree():
+    # With a gradient to track, roi_pool also records the argmax; without one it skips that.
+    g = torch.Generator().manual_seed(5)
+    features = torch.randn(2, 4, 10, 11, generator=g)
+    rois = random_rois(50, 2, (10, 11), 16, g)
+    leaf = features.clone().requires_grad_()
+    trained = roi_pool(leaf, rois, 7, 1 / 16)
+    assert trained.requires_grad and trained.grad_fn is not None
+    with torch.no_grad():
+        assert torch.equal(roi_pool(leaf, rois, 7, 1 / 16), trained)
+    with torch.inference_mode():
+        assert torch.equal(roi_pool(features, rois, 7, 1 / 16), trained)
+    plain = roi_pool(features, rois, 7, 1 / 16)  # features that need no gradient
+    assert torch.equal(plain, trained) and not plain.requires_grad
+
+
+def test_empty_bins_send_no_gradient():
+    features = torch.randn(1, 3, 8, 8, generator=torch.Generator().manual_seed(6)).requires_grad_()
+    rois = torch.tensor([[0, -200.0, -200.0, -100.0, -100.0],  # wholly outside: every bin empty
+                         [0, -40.0, -40.0, 20.0, 20.0]])       # partly outside
+    out = roi_pool(features, rois, 7, 1 / 16)
+    grad = torch.ones_like(out)
+    grad[0] = float("nan")  # nothing of an empty bin may reach the features, not even a NaN
+    out.backward(grad)
+    expected = features.detach().clone().requires_grad_()
+    torchvision.ops.roi_pool(expected, rois[1:], 7, 1 / 16).sum().backward()
+    assert torch.equal(features.grad, expected.grad)
+
+
+NO_GPU = pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU")
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=NO_GPU)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_every_device_matches_torchvision(device, dtype):
+    # On a GPU, `tensor / 7` multiplies by 1/7 and can land one bit above a whole number
+    # (21 / 7 -> 3.0000002): a bin edge would move by a cell. Ties and big bins included.
+    g = torch.Generator().manual_seed(7)
+    features = torch.randint(0, 3, (2, 5, 9, 12), generator=g).to(dtype).to(device)
+    for scale, stride, output_size in [(1 / 16, 16, 7), (1.0, 1, (3, 5))]:
+        rois = random_rois(300, 2, (9, 12), stride, g, dtype=dtype).to(device)
+        compare(features, rois, output_size, scale, g, integer_grads=True)
+    start, end = torch.tensor([8], device=device), torch.tensor([10], device=device)
+    lo, hi = bin_edges(start, end, 5, 20, dtype)
+    assert hi.tolist() == [[9, 10, 10, 11, 11]]  # 3 cells in 5 bins: (j + 1) * 3 / 5, rounded up
 
 
 def test_boxes_outside_the_map_and_one_pixel_boxes():
