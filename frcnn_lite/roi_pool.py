@@ -182,11 +182,8 @@ def roi_pool(features: torch.Tensor, rois: Rois, output_size: Union[int, Tuple[i
     if num_rois == 0:
         return features.new_zeros((0, channels, out_h, out_w))
 
-    # Rule 1: corners to cells, in the features' dtype as the C kernel does.
-    scale = torch.full((), spatial_scale, dtype=features.dtype, device=features.device)
-    corners = round_half_away(rois[:, 1:] * scale).long()  # (R, 4) cells x1, y1, x2, y2
-    x_lo, x_hi = bin_edges(corners[:, 0], corners[:, 2], out_w, width, features.dtype)  # (R, out_w)
-    y_lo, y_hi = bin_edges(corners[:, 1], corners[:, 3], out_h, height, features.dtype)  # (R, out_h)
+    # Rules 1-4: each bin's cells, in the features' dtype (= the RoIs') as the C kernel does.
+    x_lo, x_hi, y_lo, y_hi = quantised_bins(rois, (height, width), (out_h, out_w), spatial_scale)
 
     # The max over a bin of h x w cells whose top-left cell is (y, x) is the value at
     # (y, x) of a stride-1 h x w max pool of the whole map. So pool the maps once per bin
@@ -314,7 +311,9 @@ class RoIPoolFunction(torch.autograd.Function):
 def quantised_bins(rois: torch.Tensor, feature_size: Tuple[int, int],
                    output_size: Union[int, Tuple[int, int]] = 7, spatial_scale: float = 1.0 / 16
                    ) -> List[torch.Tensor]:
-    """The cells each bin pools, for drawing (chapter 7): ``(R, 5) -> [x_lo, x_hi, y_lo, y_hi]``.
+    """The cells each bin pools (rules 1-4): ``(R, 5) -> [x_lo, x_hi, y_lo, y_hi]``.
+
+    :func:`roi_pool` reads its bins from here; chapter 7 draws them.
 
     ``x_lo, x_hi`` are ``(R, out_w)`` and ``y_lo, y_hi`` ``(R, out_h)`` int64 cell
     indices; bin ``(i, j)`` of RoI ``r`` pools rows ``y_lo[r, i] <= y < y_hi[r, i]``
