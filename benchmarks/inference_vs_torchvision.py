@@ -5,7 +5,7 @@
     python benchmarks/inference_vs_torchvision.py --device cuda --amp
 
 Both detectors live in one process and are built identically
-(:func:`frcnn_lite.speed.torchvision_twin`: same backbone module and weights,
+(:func:`frcnn_lite.book.speed.torchvision_twin`: same backbone module and weights,
 anchors, input size, proposal counts, NMS thresholds, head width; RoI *max*
 pooling in both; ``--roi-align`` gives torchvision its default RoIAlign
 instead). Runs alternate between the two (a, b, a, b, ...) after warm-up, and
@@ -51,7 +51,7 @@ def autocast(device, amp: bool):
 
 def models(setup: str, device: torch.device, batch_size: int, roi_align: bool,
            roi_pool_impl: str | None = None):
-    from frcnn_lite.speed import torchvision_twin
+    from frcnn_lite.book.speed import torchvision_twin
 
     ours, images = build(setup, device, batch_size)
     if roi_pool_impl:  # the head's RoI op: "ours" (chapter 7) or "torchvision" (C++)
@@ -121,7 +121,7 @@ def peak_memory(args, device, nets, images) -> dict:
 
 
 def run(args) -> dict:
-    from frcnn_lite.speed import compare, machine_info
+    from frcnn_lite.book.speed import compare, machine_info
     from frcnn_lite.utils import pick_device
 
     torch.set_num_threads(args.threads)

@@ -39,7 +39,7 @@ def cases(device):
 
 def run(args) -> dict:
     from frcnn_lite.roi_pool import roi_pool
-    from frcnn_lite.speed import compare, machine_info
+    from frcnn_lite.book.speed import compare, machine_info
     from frcnn_lite.utils import pick_device
 
     torch.set_num_threads(args.threads)

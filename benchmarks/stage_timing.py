@@ -4,7 +4,7 @@
     python benchmarks/stage_timing.py --setups tiny --clock wall --threads 2
     python benchmarks/stage_timing.py --device cuda        # GPU: wall clock, synchronised
 
-Stages (:data:`frcnn_lite.speed.STAGES`): input transform, backbone, RPN head,
+Stages (:data:`frcnn_lite.book.speed.STAGES`): input transform, backbone, RPN head,
 proposal layer, RoI pooling, fc head, post-processing; grouped as the paper's
 Table V columns conv / proposal / region-wise (VGG-16 on a K40: 141 / 10 / 47
 / 198 ms). ``tiny`` is the shipped demo model at the input size of its
@@ -30,7 +30,7 @@ def scaling(model, images, *, repeat: int, clock: str) -> dict:
     import dataclasses
 
     from frcnn_lite.model import FasterRCNN
-    from frcnn_lite.speed import stage_times
+    from frcnn_lite.book.speed import stage_times
 
     out = {"image_size": [], "proposals": []}
     base = model.config.min_size
@@ -56,7 +56,7 @@ def scaling(model, images, *, repeat: int, clock: str) -> dict:
 
 
 def run(args) -> dict:
-    from frcnn_lite.speed import PAPER_TABLE_V, machine_info, stage_times, table_v
+    from frcnn_lite.book.speed import PAPER_TABLE_V, machine_info, stage_times, table_v
     from frcnn_lite.utils import pick_device
 
     torch.set_num_threads(args.threads)

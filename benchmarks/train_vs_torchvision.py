@@ -28,7 +28,7 @@ import time
 
 import torch
 
-from frcnn_lite.speed import torchvision_twin  # same backbone, anchors, sizes, RoI max pooling
+from frcnn_lite.book.speed import torchvision_twin  # same backbone, anchors, sizes, RoI max pooling
 
 
 def train(model, dataset, config, device) -> float:
@@ -106,7 +106,7 @@ def main() -> None:
     if args.json:
         import json
 
-        from frcnn_lite.speed import machine_info
+        from frcnn_lite.book.speed import machine_info
 
         with open(args.json, "w") as f:
             json.dump({"args": vars(args), "machine": machine_info(device), "threads":

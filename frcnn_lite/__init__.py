@@ -26,7 +26,10 @@ One module per concept of the paper (see the book's preface for the map):
 Nothing here imports matplotlib at import time; ``viz`` does when it is used.
 """
 
+from frcnn_lite import _moved
 from frcnn_lite.utils import pick_device, seed_everything
+
+_moved.install()  # frcnn_lite.viz, frcnn_lite.exercises, ... -> frcnn_lite.book.*
 
 __version__ = "0.1.0"
 

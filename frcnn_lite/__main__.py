@@ -64,7 +64,7 @@ def _train(args) -> int:
 
 
 def _evaluate(args) -> int:
-    from frcnn_lite.checkpoint import load_model
+    from frcnn_lite.model import load_model
     from frcnn_lite.datasets import ShapesDataset
     from frcnn_lite.model import DEMO_MODEL_PATH
     from frcnn_lite.recipes import evaluate_model
@@ -88,10 +88,10 @@ def _detect(args) -> int:
     from PIL import Image
     from torchvision.transforms.functional import to_tensor
 
-    from frcnn_lite.checkpoint import load_model
+    from frcnn_lite.model import load_model
     from frcnn_lite.datasets import CLASSES
     from frcnn_lite.model import DEMO_MODEL_PATH
-    from frcnn_lite.viz import show_detections
+    from frcnn_lite.book.viz import show_detections
 
     model = load_model(args.model or DEMO_MODEL_PATH, device=args.device or "cpu")
     path = Path(args.image)

@@ -116,36 +116,23 @@ def load_checkpoint(path: Union[str, Path], model=None, map_location="cpu") -> d
     classes, anchors, head sizes...) raises :class:`CheckpointError` naming the
     fields, instead of PyTorch's long list of missing and unexpected keys.
     """
-    from frcnn_lite.model import FasterRCNNConfig
-
     payload = read_checkpoint(path, map_location)
     if model is not None:
-        saved = FasterRCNNConfig.from_dict(payload["config"])
+        # The model's own config class reads the saved one: no import of model.py here,
+        # so that model.py can import this module (no import cycle).
+        saved = type(model.config).from_dict(payload["config"])
         diff = model.config.differences(saved)
         if diff:
             listed = "; ".join(f"{k}: model {a!r} vs checkpoint {b!r}" for k, (a, b) in diff.items())
             raise CheckpointError(f"{path} was saved from a different architecture ({listed}). "
                                   f"Build the model from the checkpoint instead: "
-                                  f"frcnn_lite.checkpoint.load_model({str(path)!r}).")
+                                  f"frcnn_lite.model.load_model({str(path)!r}).")
         try:
             model.load_state_dict(payload["model"])
         except RuntimeError as error:
             raise CheckpointError(f"{path}: the weights do not fit the model although the configs "
                                   f"agree ({str(error).splitlines()[0]}).") from error
     return payload
-
-
-def load_model(path: Union[str, Path], device: Union[str, torch.device] = "cpu"):
-    """Rebuild the :class:`~frcnn_lite.model.FasterRCNN` a checkpoint was saved from, in eval mode."""
-    from frcnn_lite.model import FasterRCNN, FasterRCNNConfig
-
-    payload = read_checkpoint(path, "cpu")
-    config = FasterRCNNConfig.from_dict(payload["config"])
-    # The weights come from the file: never download ImageNet weights here.
-    model = FasterRCNN(dataclasses.replace(config, pretrained=False))
-    model.config = config
-    load_checkpoint(path, model)
-    return model.to(device).eval()
 
 
 def export_model(path: Union[str, Path], model, *, history: Optional[list] = None) -> Path:

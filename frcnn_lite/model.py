@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from frcnn_lite.backbones import Backbone, build_backbone
+from frcnn_lite.checkpoint import load_checkpoint, read_checkpoint
 from frcnn_lite.fast_rcnn import RoIHeads
 from frcnn_lite.rpn import RegionProposalNetwork
 from frcnn_lite.transform import check_inputs, map_boxes_back, transform
@@ -251,6 +252,17 @@ def _check_same_transform(model: FasterRCNN, proposer: FasterRCNN) -> None:
                          f"other coordinates. Build both from the same FasterRCNNConfig.")
 
 
+def load_model(path: Union[str, Path], device: Union[str, torch.device] = "cpu") -> FasterRCNN:
+    """Rebuild the :class:`FasterRCNN` a checkpoint was saved from, in eval mode."""
+    payload = read_checkpoint(path, "cpu")
+    config = FasterRCNNConfig.from_dict(payload["config"])
+    # The weights come from the file: never download ImageNet weights here.
+    model = FasterRCNN(dataclasses.replace(config, pretrained=False))
+    model.config = config
+    load_checkpoint(path, model)
+    return model.to(device).eval()
+
+
 def load_demo_model(path: Union[str, Path, None] = None, device: Union[str, torch.device] = "cpu"
                     ) -> FasterRCNN:
     """The shipped detector (tiny backbone, trained on the shapes dataset), in eval mode.
@@ -258,8 +270,6 @@ def load_demo_model(path: Union[str, Path, None] = None, device: Union[str, torc
     ``model = load_demo_model()``; ``data/demo_model.pt`` is made by
     ``python -m frcnn_lite train --recipe demo --out data/demo_model.pt``.
     """
-    from frcnn_lite.train import load_model
-
     path = Path(path) if path is not None else DEMO_MODEL_PATH
     if not path.exists():
         raise FileNotFoundError(f"no demo model at {path}; train it with `python -m frcnn_lite "

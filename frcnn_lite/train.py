@@ -33,9 +33,9 @@ from typing import Dict, List, Optional, Tuple, Union
 
 import torch
 
-from frcnn_lite.checkpoint import (CheckpointError, get_rng_state, load_checkpoint, load_model,
+from frcnn_lite.checkpoint import (CheckpointError, get_rng_state, load_checkpoint,
                                    save_checkpoint, set_rng_state)
-from frcnn_lite.model import FasterRCNN
+from frcnn_lite.model import FasterRCNN, load_model
 from frcnn_lite.stages import (GROUPS, STAGES, Stage, _stage, apply_stage, format_table,
                                parameter_groups, stage_table)
 from frcnn_lite.utils import pick_device, seed_everything

@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from frcnn_lite import exercises as ex
+from frcnn_lite.book import exercises as ex
 from frcnn_lite.anchors import base_anchors, grid_anchors, label_anchors
 from frcnn_lite.boxes import box_iou, decode_boxes, encode_boxes
 from frcnn_lite.evaluate import voc_ap

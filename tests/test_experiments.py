@@ -12,10 +12,10 @@ import math
 import pytest
 import torch
 
-from frcnn_lite import experiments as E
+from frcnn_lite.book import experiments as E
 from frcnn_lite.backbones import tiny
 from frcnn_lite.datasets import ShapesDataset
-from frcnn_lite.one_stage import OneStageDetector
+from frcnn_lite.book.one_stage import OneStageDetector
 
 TINY = E.ExperimentConfig(iterations=2, num_train=2, num_test=1, batch_size=2, image_size=64,
                           widths=(4, 8, 8, 8, 8, 8, 8))
@@ -98,9 +98,9 @@ def test_one_stage_detector_trains_and_predicts():
         model(list(images))
 
 
-# -- frozen-backbone ablations (frcnn_lite.ablations), chapter 11 ---------------------------
-from frcnn_lite import ablations as A  # noqa: E402
-from frcnn_lite.exercises import WrongAnswer, grade_anchor_scale_ablation  # noqa: E402
+# -- frozen-backbone ablations (frcnn_lite.book.ablations), chapter 11 ---------------------------
+from frcnn_lite.book import ablations as A  # noqa: E402
+from frcnn_lite.book.exercises import WrongAnswer, grade_anchor_scale_ablation  # noqa: E402
 
 FROZEN = A.FrozenBackboneConfig(scales=(32, 64, 128), num_train=4, num_test=2, iterations=3,
                                 batch_size=2)

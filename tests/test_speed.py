@@ -1,11 +1,11 @@
-"""frcnn_lite.speed: timing helpers, per-stage times (Table V), the torchvision twin (ch. 13)."""
+"""frcnn_lite.book.speed: timing helpers, per-stage times (Table V), the torchvision twin (ch. 13)."""
 
 import pytest
 import torch
 
 from frcnn_lite.model import FasterRCNN
 from frcnn_lite.recipes import RECIPES
-from frcnn_lite.speed import (PAPER_TABLE_V, STAGES, TABLE_V_GROUPS, compare, machine_info,
+from frcnn_lite.book.speed import (PAPER_TABLE_V, STAGES, TABLE_V_GROUPS, compare, machine_info,
                               measure, stage_times, table_v, torchvision_twin)
 
 

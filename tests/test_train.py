@@ -6,7 +6,8 @@ import os
 import pytest
 import torch
 
-from frcnn_lite.checkpoint import CheckpointError, load_checkpoint, load_model, save_checkpoint
+from frcnn_lite.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from frcnn_lite.model import load_model
 from frcnn_lite.datasets import ShapesDataset
 from frcnn_lite.model import FasterRCNN, FasterRCNNConfig
 from frcnn_lite.train import (STAGES, TrainConfig, Trainer, batch_indices, format_table,

@@ -8,7 +8,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from frcnn_lite.viz import COLORS, draw_boxes, image_to_numpy, show_detections, show_image  # noqa: E402
+from frcnn_lite.book.viz import COLORS, draw_boxes, image_to_numpy, show_detections, show_image  # noqa: E402
 
 
 def test_draw_boxes_adds_one_patch_per_box():

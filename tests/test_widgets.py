@@ -1,4 +1,4 @@
-"""Smoke tests for frcnn_lite.widgets (the figures behind chapter 3's explorer)."""
+"""Smoke tests for frcnn_lite.book.widgets (the figures behind chapter 3's explorer)."""
 
 import matplotlib
 
@@ -7,7 +7,7 @@ matplotlib.use("Agg")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from frcnn_lite.widgets import anchor_explorer, anchor_figure, coverage_summary  # noqa: E402
+from frcnn_lite.book.widgets import anchor_explorer, anchor_figure, coverage_summary  # noqa: E402
 
 
 def sample():

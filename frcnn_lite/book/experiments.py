@@ -18,7 +18,7 @@ each in miniature on the shapes dataset; the instructor guide assigns them.
 
 Two kinds of configuration run through the same grid, cache and table:
 :class:`ExperimentConfig` trains a whole small detector from scratch, and
-:class:`frcnn_lite.ablations.FrozenBackboneConfig` keeps a trained backbone
+:class:`frcnn_lite.book.ablations.FrozenBackboneConfig` keeps a trained backbone
 frozen and trains only the heads the ablation changes (the paper's steps 3
 and 4, §3.2), which is what makes the ablations measurable on a CPU. Each
 configuration knows how to ``run(device, memo)``; this module caches and
@@ -136,7 +136,7 @@ def build_model(config: ExperimentConfig, num_classes: int = 5) -> torch.nn.Modu
     """The detector of a run, freshly initialised (seeded by ``config.seed``)."""
     from frcnn_lite.backbones import tiny
     from frcnn_lite.model import FasterRCNN
-    from frcnn_lite.one_stage import OneStageDetector
+    from frcnn_lite.book.one_stage import OneStageDetector
 
     torch.manual_seed(config.seed)
     backbone = tiny(widths=config.widths)

@@ -9,7 +9,7 @@ rendered book (which has no kernel) shows the same figure statically:
 - :func:`anchor_explorer`: sliders and boxes for scales, ratios, stride,
   image and cell that redraw :func:`anchor_figure`.
 
-Like :mod:`frcnn_lite.viz`, this module imports matplotlib and ipywidgets only
+Like :mod:`frcnn_lite.book.viz`, this module imports matplotlib and ipywidgets only
 when a function runs. Built in chapter 3.
 """
 
@@ -21,7 +21,7 @@ from typing import Optional, Sequence, Tuple
 import torch
 
 from frcnn_lite.anchors import anchor_coverage, base_anchors, grid_anchors
-from frcnn_lite.viz import COLORS, draw_boxes, show_image
+from frcnn_lite.book.viz import COLORS, draw_boxes, show_image
 
 
 def default_feature_size(image_size: Tuple[int, int], stride: int) -> Tuple[int, int]:

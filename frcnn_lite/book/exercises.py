@@ -837,7 +837,7 @@ def grade_anchor_scale_ablation(rows: List[dict], *, small_scale: float,
                                 metric: str = "AP_small", min_gain: float = 0.0) -> str:
     """Assignment: show with your own runs that an extra small anchor scale helps small objects.
 
-    ``rows`` is a results table as :func:`frcnn_lite.experiments.run_grid`
+    ``rows`` is a results table as :func:`frcnn_lite.book.experiments.run_grid`
     returns it (dicts with ``"config"`` holding ``"scales"``, and ``metric``).
     It must hold a run with ``small_scale`` among its scales and one without
     it, otherwise identical; passes when ``metric`` rises by more than

@@ -20,7 +20,7 @@ each ablation keeps it frozen, computes the feature maps of its images *once*
         give K + 1 class scores and a box per anchor (Table X)
 
     config = FrozenBackboneConfig(scales=(16, 32, 64, 128), dataset="small_objects")
-    rows = run_grid([config], memo=memo)      # frcnn_lite.experiments.run_grid
+    rows = run_grid([config], memo=memo)      # frcnn_lite.book.experiments.run_grid
 
 Shape glossary: ``N`` images, ``C`` feature channels, ``(Hf, Wf)`` feature
 size, ``(h, w)`` resized image size (the model's ``min_size``/``max_size``),
@@ -44,7 +44,7 @@ import torch
 
 from frcnn_lite.anchors import grid_anchors
 from frcnn_lite.model import DEMO_MODEL_PATH, FasterRCNN
-from frcnn_lite.one_stage import OneStageDetector
+from frcnn_lite.book.one_stage import OneStageDetector
 from frcnn_lite.rpn import flatten_head_outputs, rpn_loss
 from frcnn_lite.transform import map_boxes_back
 
@@ -169,7 +169,7 @@ def checkpoint_fingerprint(checkpoint: str) -> str:
 
 def load_detector(config: FrozenBackboneConfig, memo: dict) -> FasterRCNN:
     """The trained detector whose backbone every run shares (loaded once per ``memo``)."""
-    from frcnn_lite.checkpoint import load_model
+    from frcnn_lite.model import load_model
 
     key = ("detector", str(checkpoint_path(config.checkpoint)))
     if key not in memo:
@@ -350,7 +350,7 @@ def predict_heads(model, bank: Dict, batch_size: int = 16) -> Tuple[List[dict], 
 
 def evaluate_heads(model, bank: Dict) -> Dict[str, float]:
     """mAP, AP small/medium/large and proposal recall (see :func:`experiments.metrics`)."""
-    from frcnn_lite.experiments import metrics
+    from frcnn_lite.book.experiments import metrics
 
     predictions, proposals = predict_heads(model, bank)
     return metrics(predictions, bank["original_targets"], proposals or None,
