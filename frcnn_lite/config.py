@@ -18,13 +18,17 @@ sets; the paper's octave spacing moved down to 16, 32, 64, 128 px covers 66%
 of the boxes at IoU >= 0.5 (89% of those over 32 px; the rest are small
 objects that a stride-16 grid cannot centre well). Images keep their size.
 
-Built in chapter 3.
+``FasterRCNNConfig`` holds everything needed to rebuild a detector; checkpoints
+store it (``frcnn_lite.model`` re-exports it).
+
+Built in chapter 3 (presets) and chapter 9 (``FasterRCNNConfig``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
-from typing import Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 
@@ -68,3 +72,68 @@ PAPER = Preset(name="paper", scales=(128.0, 256.0, 512.0), ratios=(0.5, 1.0, 2.0
 
 SHAPES = Preset(name="shapes", scales=(16.0, 32.0, 64.0, 128.0), ratios=(0.5, 1.0, 2.0),
                 stride=16, min_size=256, max_size=256, backbone="tiny")
+
+
+@dataclass(frozen=True)
+class FasterRCNNConfig:
+    """Everything needed to rebuild a :class:`FasterRCNN` (checkpoints store it).
+
+    Defaults are the paper's (VGG-16 settings, §3.1-§3.3), except ``backbone``,
+    which is the book's CPU network. Field names follow the paper; ``rpn_`` and
+    ``roi_`` prefixes say which stage a shared name belongs to.
+    """
+
+    num_classes: int = 5  # K object classes; labels 1..K, 0 = background
+    backbone: str = "tiny"
+    pretrained: bool = False
+    # input size (§3.3)
+    min_size: int = 600
+    max_size: int = 1000
+    # RPN (§3.1)
+    scales: Tuple[float, ...] = (128.0, 256.0, 512.0)
+    ratios: Tuple[float, ...] = (0.5, 1.0, 2.0)
+    rpn_mid_channels: Optional[int] = None
+    rpn_fg_iou: float = 0.7
+    rpn_bg_iou: float = 0.3
+    rpn_batch_size_per_image: int = 256
+    rpn_positive_fraction: float = 0.5
+    pre_nms_top_n_train: int = 12000
+    post_nms_top_n_train: int = 2000
+    pre_nms_top_n_test: int = 6000
+    post_nms_top_n_test: int = 300
+    rpn_nms_thresh: float = 0.7
+    rpn_min_size: float = 16.0
+    lambda_reg: float = 10.0
+    loss_normalization: str = "paper"
+    # Fast R-CNN head (§3.2, Fast R-CNN §2)
+    roi_batch_size_per_image: int = 128
+    roi_positive_fraction: float = 0.25
+    roi_fg_iou: float = 0.5
+    roi_bg_iou_hi: float = 0.5
+    roi_bg_iou_lo: float = 0.1
+    pool_size: int = 7
+    representation_size: int = 1024
+    roi_pool_impl: str = "ours"
+    score_thresh: float = 0.05
+    nms_thresh: float = 0.3
+    detections_per_img: int = 100
+
+    def to_dict(self) -> dict:
+        """Plain Python values only, so ``torch.load(weights_only=True)`` accepts it."""
+        values = dataclasses.asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "FasterRCNNConfig":
+        """Inverse of :meth:`to_dict`; unknown keys are an error (a different library version)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise ValueError(f"unknown FasterRCNNConfig fields {unknown}: the checkpoint was made by "
+                             f"another version of frcnn_lite.")
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+
+    def differences(self, other: "FasterRCNNConfig") -> Dict[str, Tuple[object, object]]:
+        """``{field: (self's value, other's value)}`` for every field that differs."""
+        a, b = dataclasses.asdict(self), dataclasses.asdict(other)
+        return {k: (a[k], b[k]) for k in a if a[k] != b[k]}
