@@ -71,7 +71,15 @@ def check_image(image: torch.Tensor, name: str = "image") -> None:
     if not image.is_floating_point():
         raise TypeError(f"{name} has dtype {image.dtype}; the library expects floats in [0, 1]. "
                         f"Convert an 8-bit image with image.float() / 255.")
-    if image.numel() and (float(image.min()) < 0.0 or float(image.max()) > 1.0):
+    if image.shape[1] == 0 or image.shape[2] == 0:
+        raise ValueError(f"{name} has shape {tuple(image.shape)}: an image needs at least one "
+                         f"row and one column; drop it from the data.")
+    finite = torch.isfinite(image)
+    if not bool(finite.all()):
+        c, y, x = (int(v) for v in (~finite).nonzero()[0])
+        raise ValueError(f"{name} has a NaN or infinite pixel ({float(image[c, y, x])} at "
+                         f"channel {c}, row {y}, column {x}); fix or drop that image.")
+    if float(image.min()) < 0.0 or float(image.max()) > 1.0:
         raise ValueError(f"{name} has values in [{float(image.min()):.3g}, {float(image.max()):.3g}], "
                          f"but [0, 1] is expected. Divide 0..255 images by 255; undo any normalisation "
                          f"(the model normalises internally).")
@@ -144,3 +152,154 @@ def check_prediction(prediction: dict, num_classes: int, name: str = "prediction
         raise ValueError(f"{name}['scores'] must be probabilities in [0, 1], got values in "
                          f"[{float(scores.min()):.3g}, {float(scores.max()):.3g}]; pass softmax "
                          f"scores, not logits.")
+
+
+# -- configuration values (FasterRCNNConfig, Preset, TrainConfig validate with these) --------
+def check_int(value, name: str, *, minimum: int | None = None, maximum: int | None = None
+              ) -> None:
+    """Check that ``value`` is an integer (not a bool or a float) in ``[minimum, maximum]``."""
+    import numbers
+
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer, got {value!r} ({type(value).__name__}).")
+    if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+        bounds = (f">= {minimum}" if maximum is None else f"<= {maximum}" if minimum is None
+                  else f"in {minimum}..{maximum}")
+        raise ValueError(f"{name} must be an integer {bounds}, got {value}.")
+
+
+def check_number(value, name: str, *, low: float | None = None, high: float | None = None,
+                 low_open: bool = False, high_open: bool = False) -> None:
+    """Check that ``value`` is a finite real number in the interval ``low .. high``.
+
+    ``low_open`` / ``high_open`` exclude the end points (``(0, 1]`` is
+    ``low=0, high=1, low_open=True``).
+    """
+    import math
+    import numbers
+
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number, got {value!r} ({type(value).__name__}).")
+    interval = (("(" if low_open else "[") + ("-inf" if low is None else f"{low:g}") + ", "
+                + ("inf" if high is None else f"{high:g}") + (")" if high_open else "]"))
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number in {interval}, got {value}.")
+    if low is not None and (value < low or (low_open and value == low)):
+        raise ValueError(f"{name} must lie in {interval}, got {value}.")
+    if high is not None and (value > high or (high_open and value == high)):
+        raise ValueError(f"{name} must lie in {interval}, got {value}.")
+
+
+def check_numbers(values, name: str, **interval) -> None:
+    """Check a non-empty tuple or list of numbers, each as :func:`check_number` says."""
+    if isinstance(values, (str, bytes)) or not isinstance(values, (tuple, list)):
+        raise TypeError(f"{name} must be a tuple of numbers such as (0.5, 1.0, 2.0), got "
+                        f"{values!r}.")
+    if len(values) == 0:
+        raise ValueError(f"{name} must hold at least one value, got an empty {type(values).__name__}.")
+    for i, value in enumerate(values):
+        check_number(value, f"{name}[{i}]", **interval)
+
+
+def check_choice(value, name: str, choices) -> None:
+    """Check that ``value`` is one of ``choices``."""
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}.")
+
+
+def check_order(names_values, owner: str) -> None:
+    """Check ``a <= b <= ...`` for ``[(name, value), ...]``; name both ends of a violation."""
+    for (name_a, a), (name_b, b) in zip(names_values, names_values[1:]):
+        if a > b:
+            chain = " <= ".join(n for n, _ in names_values)
+            raise ValueError(f"{owner} needs {chain}, but {name_a}={a} > {name_b}={b}; swap or "
+                             f"fix them.")
+
+
+def check_boxes_inside(boxes: torch.Tensor, image_size, name: str = "boxes") -> None:
+    """Check that boxes ``(N, 4)`` lie inside an image of ``image_size = (H, W)``.
+
+    Boxes may touch the border (``x2 == W``); nothing is clipped here: a box
+    outside its image is a mistake in the annotation, and clipping it must be
+    asked for (the loaders' ``clip_boxes=True``, or :func:`frcnn_lite.boxes.clip_boxes`).
+    """
+    height, width = int(image_size[0]), int(image_size[1])
+    if boxes.shape[0] == 0:
+        return
+    outside = ((boxes[:, 0] < 0) | (boxes[:, 1] < 0) | (boxes[:, 2] > width)
+               | (boxes[:, 3] > height))
+    if bool(outside.any()):
+        i = int(outside.nonzero()[0])
+        raise ValueError(f"{name}[{i}] = {boxes[i].tolist()} reaches outside its {width}x{height} "
+                         f"image (W x H; boxes are (x1, y1, x2, y2) in [0, W] x [0, H]). Fix the "
+                         f"annotation, or clip it on purpose with "
+                         f"frcnn_lite.boxes.clip_boxes(boxes, (H, W)).")
+
+
+# -- RoI pooling (roi_pool.py) ---------------------------------------------------------------
+def output_pair(output_size) -> tuple:
+    """``7`` or ``(7, 7)`` -> ``(out_h, out_w)``; anything else is an error."""
+    if isinstance(output_size, int):
+        output_size = (output_size, output_size)
+    if (not isinstance(output_size, (tuple, list)) or len(output_size) != 2
+            or not all(isinstance(s, int) and s >= 1 for s in output_size)):
+        raise ValueError(f"output_size must be a positive int or (out_h, out_w), got "
+                         f"{output_size!r}; Fast R-CNN uses 7 (VGG-16) or 6 (ZF).")
+    return int(output_size[0]), int(output_size[1])
+
+
+def check_rois(rois, batched: bool = False) -> None:
+    """Check ``(R, 5)`` rois (``batched``) or a non-empty list of per-image ``(R_i, 4)`` boxes."""
+    if batched:
+        if not isinstance(rois, torch.Tensor) or rois.dim() != 2 or rois.shape[-1] != 5:
+            shape = tuple(rois.shape) if isinstance(rois, torch.Tensor) else type(rois).__name__
+            raise ValueError(f"rois must be (R, 5) rows of [batch_index, x1, y1, x2, y2], got "
+                             f"{shape}; for per-image (R_i, 4) boxes pass a list, or use "
+                             f"rois_from_boxes.")
+        return
+    if isinstance(rois, torch.Tensor) or len(rois) == 0:
+        raise ValueError("need one (R_i, 4) box tensor per image, got "
+                         + ("a tensor" if isinstance(rois, torch.Tensor) else "an empty list")
+                         + ".")
+    for i, b in enumerate(rois):
+        if not isinstance(b, torch.Tensor) or b.dim() != 2 or b.shape[-1] != 4:
+            shape = tuple(b.shape) if isinstance(b, torch.Tensor) else type(b).__name__
+            raise ValueError(f"boxes[{i}] must be an (R_i, 4) tensor of (x1, y1, x2, y2), "
+                             f"got {shape}.")
+
+
+def check_roi_pool_inputs(features: torch.Tensor, rois: torch.Tensor, output_size,
+                          spatial_scale: float, validate: bool = True) -> tuple:
+    """All of :func:`~frcnn_lite.roi_pool.roi_pool`'s input checks; returns ``(out_h, out_w)``.
+
+    Shapes, dtypes and devices always; with ``validate`` also the RoI values
+    (finite, batch index an integer in ``[0, B)``), which reads the tensor.
+    """
+    size = output_pair(output_size)
+    if not isinstance(features, torch.Tensor) or features.dim() != 4:
+        shape = (tuple(features.shape) if isinstance(features, torch.Tensor)
+                 else type(features).__name__)
+        raise ValueError(f"features must be a (B, C, H, W) tensor, got {shape}; "
+                         f"a single map needs a batch dimension: features[None].")
+    if not features.is_floating_point():
+        raise TypeError(f"features must be floating point, got {features.dtype}.")
+    check_rois(rois, batched=True)
+    if rois.dtype != features.dtype or rois.device != features.device:
+        raise TypeError(f"rois ({rois.dtype}, {rois.device}) must have the dtype and device of "
+                        f"features ({features.dtype}, {features.device}); use rois.to(features).")
+    if not spatial_scale > 0:
+        raise ValueError(f"spatial_scale must be positive (feature cells per input pixel, 1/16 "
+                         f"for stride 16), got {spatial_scale}.")
+    if not validate or rois.shape[0] == 0:
+        return size
+    if not bool(torch.isfinite(rois).all()):
+        i = int((~torch.isfinite(rois)).any(dim=1).nonzero()[0])
+        raise ValueError(f"rois[{i}] = {rois[i].tolist()} has a NaN or infinite value.")
+    index = rois[:, 0]
+    bad = (index != index.floor()) | (index < 0) | (index >= features.shape[0])
+    if bool(bad.any()):
+        i = int(bad.nonzero()[0])
+        raise ValueError(f"rois[{i}] has batch index {rois[i, 0].item():g}, but features hold "
+                         f"{features.shape[0]} image(s): the first column must be an integer in "
+                         f"[0, {features.shape[0] - 1}], the image each box belongs to.")
+    return size

@@ -4,7 +4,8 @@ import pytest
 import torch
 import torchvision
 
-from frcnn_lite.roi_pool import bin_edges, quantised_bins, roi_pool, round_half_away
+from frcnn_lite.roi_pool import (bin_edges, quantised_bins, roi_pool, roi_pool_reference,
+                                 round_half_away)
 
 
 def random_rois(n, num_images, feature_size, stride, generator, dtype=torch.float32):
@@ -25,10 +26,10 @@ def random_rois(n, num_images, feature_size, stride, generator, dtype=torch.floa
     return torch.cat([index, boxes], dim=1)  # (n, 5)
 
 
-def compare(features, rois, output_size, scale, generator, integer_grads=False):
+def compare(features, rois, output_size, scale, generator, integer_grads=False, impl=roi_pool):
     ours_in = features.clone().requires_grad_()
     tv_in = features.clone().requires_grad_()
-    ours = roi_pool(ours_in, rois, output_size, scale)
+    ours = impl(ours_in, rois, output_size, scale)
     expected = torchvision.ops.roi_pool(tv_in, rois, output_size, scale)
     assert torch.equal(ours, expected)  # the same max of the same cells: bit-identical
     if integer_grads:  # integer sums are exact in any order: gradients must be bit-identical
@@ -204,3 +205,55 @@ def test_bad_inputs_have_clear_errors():
         roi_pool(features, torch.tensor([[0.0, 0.0, 0.0, 32.0, 32.0]]), 0, 1 / 16)
     with pytest.raises(ValueError, match="spatial_scale must be positive"):
         roi_pool(features, torch.tensor([[0.0, 0.0, 0.0, 32.0, 32.0]]), 7, 0.0)
+
+
+# -- the reference version (plain loops) that chapter 7 shows first ---------------------------
+@pytest.mark.parametrize("scale,stride,output_size", [(1 / 16, 16, 7), (1.0, 1, (3, 5))])
+def test_reference_matches_torchvision(scale, stride, output_size):
+    g = torch.Generator().manual_seed(10)
+    features = torch.randn(2, 3, 9, 12, generator=g)
+    rois = random_rois(60, 2, (9, 12), stride, g)
+    compare(features, rois, output_size, scale, g, impl=roi_pool_reference)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_reference_routes_tied_gradients_like_torchvision(dtype):
+    g = torch.Generator().manual_seed(11)
+    features = torch.randint(0, 3, (2, 4, 9, 12), generator=g).to(dtype)  # many ties
+    for scale, stride, output_size in [(1 / 16, 16, 7), (1.0, 1, (3, 5)), (0.5, 2, 2)]:
+        rois = random_rois(60, 2, (9, 12), stride, g, dtype=dtype)
+        compare(features, rois, output_size, scale, g, integer_grads=True,
+                impl=roi_pool_reference)
+
+
+def test_reference_equals_the_fast_version_bit_for_bit():
+    g = torch.Generator().manual_seed(12)
+    features = torch.randn(2, 6, 10, 13, generator=g)
+    rois = random_rois(80, 2, (10, 13), 16, g)
+    slow_in, fast_in = (features.clone().requires_grad_() for _ in range(2))
+    slow, fast = roi_pool_reference(slow_in, rois, 7, 1 / 16), roi_pool(fast_in, rois, 7, 1 / 16)
+    assert torch.equal(slow, fast)
+    grad = torch.randint(-4, 5, slow.shape, generator=g).float()
+    slow.backward(grad)
+    fast.backward(grad)
+    assert torch.equal(slow_in.grad, fast_in.grad)
+    boxes = [rois[rois[:, 0] == i, 1:] for i in range(2)]  # the list form, and no RoIs at all
+    assert torch.equal(roi_pool_reference(features, boxes, 7, 1 / 16),
+                       roi_pool(features, boxes, 7, 1 / 16))
+    assert roi_pool_reference(features, torch.zeros(0, 5), (2, 3), 1 / 16).shape == (0, 6, 2, 3)
+
+
+def test_reference_hand_made_max_and_empty_bins():
+    features = torch.arange(36.0).reshape(1, 1, 6, 6)  # value = 6 * row + column
+    out = roi_pool_reference(features, torch.tensor([[0.0, 0.0, 0.0, 3.0, 3.0]]), 2, 1.0)
+    assert out[0, 0].tolist() == [[7.0, 9.0], [19.0, 21.0]]
+    off_map = torch.tensor([[0.0, -200.0, -200.0, -100.0, -100.0]])
+    assert torch.equal(roi_pool_reference(features + 5, off_map, 3, 1 / 16), torch.zeros(1, 1, 3, 3))
+
+
+def test_reference_checks_its_inputs_like_the_fast_version():
+    features = torch.randn(2, 3, 10, 10)
+    with pytest.raises(ValueError, match="batch index 2.*features hold 2 image"):
+        roi_pool_reference(features, torch.tensor([[2.0, 0.0, 0.0, 32.0, 32.0]]), 7, 1 / 16)
+    with pytest.raises(ValueError, match=r"rois must be \(R, 5\)"):
+        roi_pool_reference(features, torch.tensor([[0.0, 0.0, 32.0, 32.0]]), 7, 1 / 16)

@@ -112,15 +112,25 @@ def show_detections(image: torch.Tensor, target: Optional[dict] = None, predicti
     return ax
 
 
+def rendered_source(obj) -> str:
+    """The text :func:`show_source` displays for ``obj``: its source, dedented.
+
+    tests/test_shown_code.py holds every object a chapter shows to a length and
+    width limit by calling this.
+    """
+    import inspect
+    import textwrap
+
+    return textwrap.dedent(inspect.getsource(obj))
+
+
 def show_source(obj) -> "object":
     """Display the library source of a function or class as a highlighted code block.
 
     Chapters call this instead of copying code, so the book can never drift
     from the library (in a notebook it renders; elsewhere it returns the text).
     """
-    import inspect
-
-    source = inspect.getsource(obj)
+    source = rendered_source(obj)
     try:
         from IPython.display import Markdown
     except ImportError:  # outside Jupyter: plain text
