@@ -4,6 +4,7 @@
 #   bash tools/test_oldest.sh              # build .venv-oldest if missing, run, write the result
 #   bash tools/test_oldest.sh --rebuild    # start from a fresh .venv-oldest
 #   CHAPTERS="01 02" bash tools/test_oldest.sh    # another subset of chapters
+#   REV=main~3 bash tools/test_oldest.sh           # another commit (default HEAD)
 #
 # Builds a second virtual environment, .venv-oldest, with the floor versions of
 # requirements.txt (torch 2.1.0, torchvision 0.16.0; numpy < 2, which torch 2.1 was
@@ -11,6 +12,10 @@
 # them), runs the unit tests and a subset of chapters under nbval in it, and writes
 # benchmarks/results/oldest-versions.json (versions, passed/failed counts, seconds).
 # Exit status: 0 when everything passed.
+#
+# What is tested is a committed revision (REV, default HEAD), exported with git
+# archive to runs/oldest/src and put first on PYTHONPATH, so that uncommitted edits
+# in the working tree neither break nor flatter the run.
 #
 # The unit tests leave out tests/test_book.py (it renders the whole site with
 # jupyter-book, which does not exercise torch). PyPI's torch 2.1 wheels for Linux
@@ -25,6 +30,8 @@ TORCHVISION=${TORCHVISION:-0.16.0}
 CHAPTERS=${CHAPTERS:-"01 02 03 04 05"}
 OUT=${OUT:-$ROOT/benchmarks/results/oldest-versions.json}
 LOGS=$ROOT/runs/oldest
+REV=${REV:-HEAD}
+SRC=$LOGS/src
 PYTHON=${PYTHON:-python3}
 
 if [[ "${1:-}" == "--rebuild" ]]; then rm -rf "$VENV"; fi
@@ -39,10 +46,14 @@ if [[ ! -f "$VENV/.installed-$TORCH" ]]; then
     # every other package against them (matplotlib, pycocotools with numpy < 2).
     "$VENV/bin/python" -m pip install -q "torch==$TORCH" "torchvision==$TORCHVISION" \
         "numpy<2" -r requirements.txt
-    "$VENV/bin/python" -m pip install -q --no-deps -e .
     touch "$VENV/.installed-$TORCH"
 fi
 installed=$(date +%s)
+rm -rf "$SRC" && mkdir -p "$SRC"
+git archive "$REV" | tar -x -C "$SRC"
+commit=$(git rev-parse --short "$REV")
+cd "$SRC"
+export PYTHONPATH=$SRC
 
 notebooks=()
 for n in $CHAPTERS; do notebooks+=(book/${n}_*.ipynb); done
@@ -60,13 +71,13 @@ set -e
 end=$(date +%s)
 
 "$VENV/bin/python" - "$OUT" "$LOGS" "$unit_rc" "$nb_rc" "$start" "$installed" "$unit_done" "$end" \
-    "${notebooks[@]}" <<'EOF'
+    "$commit" "${notebooks[@]}" <<'EOF'
 import json, platform, sys, time
 import xml.etree.ElementTree as ET
 from importlib.metadata import version
 
-out, logs, unit_rc, nb_rc, start, installed, unit_done, end = sys.argv[1:9]
-notebooks = sys.argv[9:]
+out, logs, unit_rc, nb_rc, start, installed, unit_done, end, commit = sys.argv[1:10]
+notebooks = sys.argv[10:]
 
 
 def counts(path):
@@ -81,6 +92,7 @@ def counts(path):
 
 result = {
     "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    "commit": commit,
     "python": platform.python_version(),
     "versions": {p: version(p) for p in ("torch", "torchvision", "numpy", "matplotlib",
                                          "pycocotools", "pillow", "nbval", "pytest")},
