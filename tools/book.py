@@ -1,6 +1,11 @@
 """Developer tooling for the book's notebooks (not part of the library).
 
-    python tools/book.py execute [NAME ...]   re-execute chapters in place (all by default)
+    python tools/book.py execute [NAME ...]   re-execute chapters in place (all by default), bind
+                                              their prose to the run, record their wall time
+    python tools/book.py render [NAME ...]    re-render bound prose from the stored values (no run)
+    python tools/book.py unrender NAME        put the templates back into the prose, for editing
+    python tools/book.py tables               write the generated appendix pages (settings,
+                                              timings, paper facts) and the intro's timing line
     python tools/book.py check [NAME ...]     report unexecuted cells, stored errors, a stale setup cell
     python tools/book.py sync                 rewrite every chapter's setup cell from SETUP_CELL
     python tools/book.py new NAME "Title"     start a chapter from the template
@@ -9,16 +14,34 @@
 
 NAME is a notebook's file name with or without ``.ipynb`` ("03_anchors"), or a
 unique prefix ("03"). ``make notebooks`` and ``make notebook NB=03`` call this.
+
+Numbers bound to runs (issue 16). A code cell calls
+``frcnn_lite.book.bind.bind(name=value)``; a markdown cell writes ``{{name:.0f}}``
+(or ``{{paper.KEY}}`` for a fact of ``frcnn_lite.paper``). ``execute`` keeps such
+a cell's source as its template (cell metadata ``frcnn_lite.template``), runs the
+chapter with ``FRCNN_LITE_BIND=1`` so ``bind`` emits its values, moves them into
+the code cell's metadata (``frcnn_lite.bound``) and writes the rendered text into
+the markdown source: GitHub, Colab and the built site all show plain numbers.
+``tests/test_prose_bindings.py`` fails when a rendered cell is stale or a number
+in prose is not bound. See frcnn_lite/book/bind.py and /work/notes/binding-howto.md.
+
+Timings: ``execute`` writes each chapter's wall time, device and machine into
+``book/_timings.json`` (one entry per chapter and device kind); ``tables`` turns
+it into ``book/appendix_timings.md``.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
+import json
 import os
+import platform
+import re
 import sys
 import time
 from pathlib import Path
-from typing import List
+from typing import Dict, List
 
 import nbformat
 import yaml
@@ -26,6 +49,9 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 BOOK = ROOT / "book"
 SETUP_TAG = "hide-input"
+TIMINGS = BOOK / "_timings.json"
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
 
 
 def repository_url() -> str:
@@ -97,6 +123,12 @@ def problems(path: Path) -> List[str]:
         for out in cell.get("outputs", []):
             if out.get("output_type") == "error":
                 found.append(f"{path.name}: code cell {i} stored an error: {out.get('ename')}: {out.get('evalue')}")
+        for out in cell.get("outputs", []):
+            if out.get("output_type") == "stream" and out.get("name") == "stderr" \
+                    and "Warning" in out.get("text", ""):
+                first_line = out["text"].strip().splitlines()[0][:120]
+                found.append(f"{path.name}: code cell {i} stored a warning ({first_line}); fix "
+                             f"its cause rather than showing it to readers")
     cell = first_code_cell(nb)
     if cell is None or cell.source != setup_cell_source():
         found.append(f"{path.name}: the first code cell is not the standard setup cell (run: python tools/book.py sync)")
@@ -105,22 +137,131 @@ def problems(path: Path) -> List[str]:
     return found
 
 
-def execute(paths: List[Path], timeout: int = 900) -> None:
-    """Re-execute notebooks in place (cwd = book/), printing each one's wall time."""
+def hand_edited_cells(nb) -> List[int]:
+    """Markdown cells with a template whose source is not the template's rendering.
+
+    Such a cell was edited by hand after rendering; rendering again would throw
+    the edit away, so ``execute`` and ``render`` refuse (edit the template).
+    """
+    from frcnn_lite.book import bind
+
+    try:
+        values = bind.stored_values(nb)
+    except ValueError:
+        return []
+    found = []
+    for index, cell in enumerate(nb.cells):
+        template = cell.metadata.get("frcnn_lite", {}).get("template") \
+            if cell.cell_type == "markdown" else None
+        if template is None or bind.SLOT.search(cell.source):
+            continue  # no template, or a new template waiting to be adopted
+        try:
+            if bind.render(template, values) != cell.source:
+                found.append(index)
+        except (KeyError, ValueError, TypeError, IndexError):
+            continue
+    return found
+
+
+def _refuse_hand_edits(path: Path, nb) -> None:
+    edited = hand_edited_cells(nb)
+    if edited:
+        raise SystemExit(f"{path.name}: markdown cells {edited} were edited by hand after their "
+                         f"numbers were bound; rendering would overwrite the edit. Run "
+                         f"`tools/book.py unrender {path.stem}`, edit the templates ({{{{name}}}} "
+                         f"slots visible), then render or execute again.")
+
+
+def _render(path: Path, nb) -> List[str]:
+    from frcnn_lite.book import bind
+
+    errors = bind.render_notebook(nb)
+    return [f"{path.name}: markdown cell {i}: {message}" for i, message in errors.items()]
+
+
+def device_of(nb) -> str:
+    """The device the setup cell printed ("cpu", "cuda", "mps")."""
+    cell = first_code_cell(nb)
+    text = "".join(out.get("text", "") for out in (cell.get("outputs", []) if cell else []))
+    match = re.search(r"device: (\w+)", text)
+    return match.group(1) if match else "unknown"
+
+
+def machine_description(device: str) -> str:
+    if device == "cuda":
+        try:
+            import torch
+
+            return torch.cuda.get_device_name(0)
+        except Exception:  # noqa: BLE001  (a description only)
+            return "GPU"
+    return f"{os.cpu_count()}-core CPU ({platform.machine()})"
+
+
+def record_timing(path: Path, nb, seconds: float, load_before: float) -> Dict[str, object]:
+    """Store a chapter's wall time in ``book/_timings.json`` (one entry per device kind)."""
+    device = device_of(nb)
+    entry = {"seconds": round(seconds, 1), "device": device,
+             "machine": machine_description(device), "cpus": os.cpu_count(),
+             "load_before": round(load_before, 2) if load_before == load_before else None,
+             "date": datetime.date.today().isoformat()}
+    timings = json.loads(TIMINGS.read_text()) if TIMINGS.exists() else {}
+    timings.setdefault(path.stem, {})["gpu" if device == "cuda" else "cpu"] = entry
+    TIMINGS.write_text(json.dumps(dict(sorted(timings.items())), indent=1) + "\n")
+    return entry
+
+
+def execute(paths: List[Path], timeout: int = 900) -> int:
+    """Re-execute notebooks in place (cwd = book/): bind their prose, record their wall time."""
     from nbclient import NotebookClient
 
+    from frcnn_lite.book import bind
+
     os.environ.pop("MPLBACKEND", None)  # the kernel must use the inline backend, or figures vanish
+    failures = []
     for path in paths:
         nb = nbformat.read(path, as_version=4)
+        _refuse_hand_edits(path, nb)
         sync_setup_cell(nb)
+        bind.adopt_templates(nb)
+        load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
         start = time.perf_counter()
-        client = NotebookClient(nb, timeout=timeout, kernel_name="python3",
-                                resources={"metadata": {"path": str(BOOK)}})
-        client.execute()
+        os.environ[bind.ENV] = "1"  # the kernel inherits it: bind() emits its values
+        try:
+            client = NotebookClient(nb, timeout=timeout, kernel_name="python3",
+                                    resources={"metadata": {"path": str(BOOK)}})
+            client.execute()
+        finally:
+            os.environ.pop(bind.ENV, None)
         seconds = time.perf_counter() - start
+        bind.collect_outputs(nb)
+        errors = _render(path, nb)
         nb.metadata.setdefault("frcnn_lite", {})["execution_seconds"] = round(seconds, 1)
         nbformat.write(nb, path)
-        print(f"{path.name}: executed in {seconds:.1f} s", flush=True)
+        entry = record_timing(path, nb, seconds, load_before)
+        print(f"{path.name}: executed in {seconds:.1f} s on {entry['machine']} "
+              f"(load average before: {entry['load_before']})", flush=True)
+        for message in errors:
+            print(message, file=sys.stderr)
+        failures += errors
+    return 1 if failures else 0
+
+
+def render(paths: List[Path]) -> int:
+    """Re-render every bound markdown cell from the values stored in the notebook."""
+    from frcnn_lite.book import bind
+
+    failures = []
+    for path in paths:
+        nb = nbformat.read(path, as_version=4)
+        _refuse_hand_edits(path, nb)
+        bind.adopt_templates(nb)
+        errors = _render(path, nb)
+        nbformat.write(nb, path)
+        failures += errors
+        print(f"{path.name}: rendered" + (f" with {len(errors)} errors" if errors else ""))
+    print("\n".join(failures), file=sys.stderr)
+    return 1 if failures else 0
 
 
 def new_chapter(name: str, title: str) -> Path:
@@ -188,10 +329,13 @@ def build_edition(edition: str, output: Path | None = None, source: Path = ROOT)
 def main(argv: List[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    for command in ("execute", "check"):
+    for command in ("execute", "check", "render"):
         p = sub.add_parser(command)
         p.add_argument("names", nargs="*")
+    p = sub.add_parser("unrender")
+    p.add_argument("names", nargs="+")
     sub.add_parser("sync")
+    sub.add_parser("tables", help="write the generated appendix pages")
     p = sub.add_parser("edition", help="build the student or instructor edition")
     p.add_argument("edition", choices=EDITIONS)
     p.add_argument("--output", type=Path, default=None,
@@ -201,7 +345,23 @@ def main(argv: List[str] | None = None) -> int:
     p.add_argument("title")
     args = parser.parse_args(argv)
     if args.command == "execute":
-        execute(chapter_paths(args.names))
+        return execute(chapter_paths(args.names))
+    elif args.command == "render":
+        return render(chapter_paths(args.names))
+    elif args.command == "unrender":
+        from frcnn_lite.book import bind
+
+        for path in chapter_paths(args.names):
+            nb = nbformat.read(path, as_version=4)
+            count = bind.unrender_notebook(nb)
+            nbformat.write(nb, path)
+            print(f"{path.name}: {count} templates put back into the prose; edit them, then "
+                  f"`tools/book.py render {path.stem}`")
+    elif args.command == "tables":
+        import book_tables
+
+        for written in book_tables.write_all():
+            print(f"wrote {written.relative_to(ROOT)}")
     elif args.command == "check":
         found = [msg for path in chapter_paths(args.names) for msg in problems(path)]
         print("\n".join(found) or "all chapters executed, without errors, with the standard setup cell")

@@ -1,0 +1,304 @@
+"""What the book attributes to the paper, in one checked place.
+
+Every number, setting and claim that a chapter attributes to Faster R-CNN
+(Ren, He, Girshick, Sun, arXiv:1506.01497), to Fast R-CNN (Girshick, ICCV
+2015), or to an implementation (py-faster-rcnn, torchvision, detectron2) is a
+:class:`Fact` here: its value, where it is (section, table, equation, figure,
+or a file of the implementation), and whose it is. Chapters quote facts
+through the slots of :mod:`frcnn_lite.book.bind` (``{{paper.rpn_batch}}``)
+or :func:`cite`, so a citation is written once and checked once
+(``tests/test_paper.py``); ``tools/book.py tables`` lists them all in the
+appendix page ``book/appendix_paper_facts.md``.
+
+Table numbers follow ONE convention, the arXiv v3 arabic numbering: Table 2 is
+the proposal-count ablation (ZF: 100 / 300 / 1000 proposals at test), Table 3
+VGG-16 on VOC 2007, Table 5 the timing, Tables 8, 9 and 10 the anchor, lambda
+and one-stage ablations. (The TPAMI version numbers the same tables in roman
+numerals; we never use those.)
+
+``verified`` says what a fact was checked against. Implementation facts were
+read in the implementations' code. The paper's own text is not available
+offline where this registry was written: paper facts carry the location the
+book has always used (design.md) and are marked ``verified=""`` (unverified)
+unless an implementation confirms the value; a reader with the paper at hand
+is invited to check them, and the appendix page says which ones are open.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Dict, Tuple
+
+SOURCES = {
+    "paper": "Faster R-CNN, Ren et al. 2015 (arXiv:1506.01497 v3)",
+    "fast_rcnn": "Fast R-CNN, Girshick 2015 (arXiv:1504.08083)",
+    "py-faster-rcnn": "py-faster-rcnn, the authors' Python/Caffe code (github.com/rbgirshick/py-faster-rcnn)",
+    "torchvision": "torchvision.models.detection (github.com/pytorch/vision)",
+    "detectron2": "detectron2 (github.com/facebookresearch/detectron2)",
+}
+
+# The parts of the two papers a location may name (arXiv numbering).
+PAPER_SECTIONS = {"1", "2", "3", "3.1", "3.1.1", "3.1.2", "3.1.3", "3.2", "3.3", "4", "4.1",
+                  "4.2", "4.3", "5"}
+FAST_RCNN_SECTIONS = {"1", "2", "2.1", "2.2", "2.3", "2.4", "2.5", "3", "3.1", "3.2", "4",
+                      "5", "5.1", "5.2", "5.3", "5.4", "5.5"}
+_LOCATION = re.compile(r"^(?:Abstract|§(?P<sec>\d+(?:\.\d+)*)|Eq\. (?P<eq>\d+)"
+                       r"|Table (?P<table>\d+)|Fig\. (?P<fig>\d+))"
+                       r"(?: and (?:§\d+(?:\.\d+)*|Eq\. \d+|Table \d+|Fig\. \d+))?$")
+PAPER_LIMITS = {"eq": 2, "table": 14, "fig": 5}
+FAST_RCNN_LIMITS = {"eq": 4, "table": 11, "fig": 5}
+
+
+@dataclass(frozen=True)
+class Fact:
+    """One fact: ``text`` is the phrase a chapter quotes, with ``{value}`` in it.
+
+    ``where``: for the papers, a location (``§3.1.3``, ``Eq. 1``, ``Table 2``,
+    ``Fig. 3``, ``Abstract``); for an implementation, a file and the name in it.
+    """
+
+    key: str
+    value: object
+    text: str
+    where: str
+    source: str = "paper"
+    verified: str = ""  # what it was checked against; "" = not verified
+    note: str = ""
+
+
+def format_value(value) -> str:
+    """The value as prose writes it: 20,000; 0.001; 128, 256, 512."""
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        return f"{value:g}" if abs(value) < 1e4 else f"{value:,.0f}"
+    if isinstance(value, (tuple, list)):
+        return ", ".join(format_value(v) for v in value)
+    return str(value)
+
+
+_PFR = "py-faster-rcnn"
+_TV = "torchvision"
+_READ = "read in the code"
+
+FACTS: Tuple[Fact, ...] = (
+    # -- anchors (§3.1.1, §3.3) --
+    Fact("anchors_per_position", 9, "k = {value} anchors per position (3 scales x 3 ratios)",
+         "§3.1.1"),
+    Fact("anchor_scales", (128, 256, 512), "anchor sides of {value} pixels", "§3.3",
+         verified=f"{_PFR} lib/rpn/generate_anchors.py (scales 8, 16, 32 x base 16)"),
+    Fact("anchor_ratios", (0.5, 1, 2), "aspect ratios {value}", "§3.3",
+         verified=f"{_PFR} lib/rpn/generate_anchors.py (ratios 0.5, 1, 2)"),
+    Fact("stride", 16, "a total stride of {value} pixels on the last conv layer", "§3.3"),
+    Fact("anchor_count", 20000, "roughly {value} anchors for a 1000 x 600 image "
+         "(about 60 x 40 x 9)", "§3.3",
+         note="Our floor-stride VGG-16 map of a 1000 x 600 image is 62 x 37 -> 20,646 anchors; "
+              "the authors' Caffe pooling rounds up to 63 x 38 -> 21,546. 20,646 is ours, "
+              "not the paper's."),
+    Fact("anchors_inside", 6000, "about {value} anchors per image left for training once "
+         "cross-boundary anchors are ignored", "§3.3"),
+    Fact("cross_boundary", "ignored in training, clipped at test",
+         "cross-boundary anchors {value}", "§3.3",
+         verified=f"{_PFR} lib/rpn/anchor_target_layer.py (inds_inside, allowed_border=0)"),
+    Fact("output_params", 2.8e4, "{value} parameters in the RPN's output layers "
+         "(512 x (4 + 2) x 9 for VGG-16), two orders of magnitude fewer than MultiBox's "
+         "6.1 x 10^6", "§3.1.1",
+         note="With the 3 x 3 feature layer counted, the paper says one order of magnitude "
+              "fewer (2.4 x 10^6 against 2.7 x 10^7), not two."),
+    Fact("params_with_3x3", 2.4e6, "{value} parameters with the 3 x 3 layer, one order of "
+         "magnitude fewer than MultiBox's 2.7 x 10^7", "§3.1.1"),
+    # -- labels, loss (§3.1.2) --
+    Fact("rpn_fg_iou", 0.7, "IoU above {value} with a ground-truth box: positive", "§3.1.2",
+         verified=f"{_PFR} lib/fast_rcnn/config.py (TRAIN.RPN_POSITIVE_OVERLAP = 0.7)"),
+    Fact("rpn_bg_iou", 0.3, "IoU below {value} with every ground-truth box: negative",
+         "§3.1.2",
+         verified=f"{_PFR} lib/fast_rcnn/config.py (TRAIN.RPN_NEGATIVE_OVERLAP = 0.3)"),
+    Fact("rpn_best_anchor", "positive", "the highest-IoU anchor of each ground-truth box is "
+         "{value} even below 0.7", "§3.1.2"),
+    Fact("positive_clobber", "positive labels overwrite negative ones",
+         "{value} (RPN_CLOBBER_POSITIVES = False: a best anchor under 0.3 stays positive)",
+         "lib/rpn/anchor_target_layer.py, lib/fast_rcnn/config.py", source=_PFR,
+         verified=_READ),
+    Fact("lambda_reg", 10, "lambda = {value}", "Eq. 1",
+         note="The paper sets lambda in §3.1.2, beside Eq. 1."),
+    Fact("n_cls", 256, "N_cls = {value} (the mini-batch size)", "Eq. 1"),
+    Fact("n_reg", 2400, "N_reg ~ {value} (the number of anchor locations)", "Eq. 1"),
+    Fact("box_parameterisation", "t_x = (x - x_a)/w_a, t_w = log(w/w_a)",
+         "the box parameterisation {value}", "Eq. 2"),
+    Fact("exp_clamp", "log(1000/16)", "dw and dh clamped at {value} before exp",
+         "torchvision/models/detection/_utils.py (BoxCoder, bbox_xform_clip)", source=_TV,
+         verified=_READ + "; py-faster-rcnn's bbox_transform_inv does not clamp"),
+    # -- RPN training (§3.1.3) --
+    Fact("rpn_batch", 256, "{value} anchors per image", "§3.1.3",
+         verified=f"{_PFR} lib/fast_rcnn/config.py (TRAIN.RPN_BATCHSIZE = 256)"),
+    Fact("rpn_positive_ratio", "1:1", "positives and negatives up to {value} (at most 128 "
+         "positives)", "§3.1.3",
+         verified=f"{_PFR} lib/fast_rcnn/config.py (TRAIN.RPN_FG_FRACTION = 0.5)"),
+    Fact("rpn_init_std", 0.01, "new layers drawn from a zero-mean Gaussian with standard "
+         "deviation {value}", "§3.1.3"),
+    Fact("voc_schedule", "0.001 for 60k mini-batches, 0.0001 for the next 20k",
+         "a learning rate of {value} on PASCAL VOC", "§3.1.3",
+         verified=f"{_PFR} models/pascal_voc/VGG16/faster_rcnn_alt_opt/"
+                  "stage1_rpn_solver60k80k.pt (base_lr 0.001, stepsize 60000, 80k iterations)"),
+    Fact("momentum", 0.9, "momentum {value}", "§3.1.3", verified=f"{_PFR} solver files"),
+    Fact("weight_decay", 0.0005, "weight decay {value}", "§3.1.3",
+         verified=f"{_PFR} solver files"),
+    # -- sharing features, training schemes (§3.2) --
+    Fact("four_step", 4, "{value}-step alternating training", "§3.2",
+         verified=f"{_PFR} tools/train_faster_rcnn_alt_opt.py (four stages)"),
+    Fact("joint_speedup", "25-50%", "approximate joint training cuts training time by about "
+         "{value} against alternating training, with close results", "§3.2"),
+    # -- implementation details (§3.3) --
+    Fact("shorter_side", 600, "images rescaled to a shorter side of {value} pixels", "§3.3",
+         verified=f"{_PFR} lib/fast_rcnn/config.py (TRAIN.SCALES = (600,))"),
+    Fact("max_size", 1000, "a longer side of at most {value} pixels",
+         "lib/fast_rcnn/config.py (TRAIN.MAX_SIZE)", source=_PFR, verified=_READ),
+    Fact("proposal_nms", 0.7, "NMS on the proposals at IoU {value}", "§3.3",
+         verified=f"{_PFR} lib/fast_rcnn/config.py (RPN_NMS_THRESH = 0.7)"),
+    Fact("train_proposals", 2000, "{value} proposals per image to train the detector", "§3.3",
+         verified=f"{_PFR} lib/fast_rcnn/config.py (TRAIN.RPN_POST_NMS_TOP_N = 2000)"),
+    Fact("test_proposals", 300, "{value} proposals per image at test time", "Abstract",
+         verified=f"{_PFR} lib/fast_rcnn/config.py (TEST.RPN_POST_NMS_TOP_N = 300)"),
+    Fact("pre_nms_train", 12000, "the top {value} boxes before NMS in training",
+         "lib/fast_rcnn/config.py (TRAIN.RPN_PRE_NMS_TOP_N)", source=_PFR, verified=_READ),
+    Fact("pre_nms_test", 6000, "the top {value} boxes before NMS at test",
+         "lib/fast_rcnn/config.py (TEST.RPN_PRE_NMS_TOP_N)", source=_PFR, verified=_READ),
+    Fact("proposal_min_size", 16, "proposals under {value} pixels (at the original scale) "
+         "dropped", "lib/fast_rcnn/config.py (RPN_MIN_SIZE)", source=_PFR, verified=_READ),
+    # -- the Fast R-CNN detector (Fast R-CNN paper, and py-faster-rcnn) --
+    Fact("roi_pool_size", 7, "RoI pooling to {value} x {value} for VGG-16", "§2.1",
+         source="fast_rcnn"),
+    Fact("fast_rcnn_batch", "R = 128 RoIs from N = 2 images", "mini-batches of {value} "
+         "(64 RoIs per image)", "§2.3", source="fast_rcnn",
+         verified=f"{_PFR} lib/fast_rcnn/config.py (TRAIN.BATCH_SIZE = 128, "
+                  "TRAIN.IMS_PER_BATCH = 2 for Fast R-CNN)"),
+    Fact("roi_batch", 128, "{value} RoIs per image",
+         "lib/rpn/proposal_target_layer.py (rois_per_image = TRAIN.BATCH_SIZE / 1)",
+         source=_PFR, verified=_READ,
+         note="Faster R-CNN in py-faster-rcnn takes one image per mini-batch, so 128 RoIs "
+              "per image; Fast R-CNN's paper takes 64 from each of two images. torchvision "
+              "uses 512 per image."),
+    Fact("roi_fg_fraction", 0.25, "at most {value:.0%} foreground RoIs", "§2.3",
+         source="fast_rcnn",
+         verified=f"{_PFR} lib/fast_rcnn/config.py (TRAIN.FG_FRACTION = 0.25)"),
+    Fact("roi_fg_iou", 0.5, "foreground: IoU at least {value} with a ground-truth box",
+         "§2.3", source="fast_rcnn",
+         verified=f"{_PFR} lib/fast_rcnn/config.py (TRAIN.FG_THRESH = 0.5)"),
+    Fact("roi_bg_iou", (0.1, 0.5), "background: IoU in [{value}) ", "§2.3",
+         source="fast_rcnn",
+         verified=f"{_PFR} lib/fast_rcnn/config.py (TRAIN.BG_THRESH_LO/HI = 0.1/0.5)"),
+    Fact("roi_bg_lo_faster", 0.0, "a background floor of {value}",
+         "experiments/cfgs/faster_rcnn_end2end.yml, faster_rcnn_alt_opt.yml (BG_THRESH_LO)",
+         source=_PFR, verified=_READ,
+         note="py-faster-rcnn's Faster R-CNN configurations lower Fast R-CNN's 0.1 floor to 0."),
+    Fact("box_target_stds", (0.1, 0.1, 0.2, 0.2), "box targets divided by the standard "
+         "deviations ({value})", "lib/fast_rcnn/config.py (TRAIN.BBOX_NORMALIZE_STDS)",
+         source=_PFR, verified=_READ,
+         note="Fast R-CNN (§2.3) normalises targets to zero mean and unit variance; the "
+              "fixed stds are py-faster-rcnn's."),
+    Fact("fast_rcnn_lambda", 1, "lambda = {value} in the detector's loss", "Eq. 1",
+         source="fast_rcnn"),
+    Fact("smooth_l1", "0.5 x^2 if |x| < 1, else |x| - 0.5", "smooth L1: {value}", "Eq. 3",
+         source="fast_rcnn"),
+    Fact("score_thresh", 0.05, "detections with a score of at most {value} dropped",
+         "lib/fast_rcnn/test.py (test_net thresh=0.05)", source=_PFR, verified=_READ),
+    Fact("test_nms", 0.3, "per-class NMS at IoU {value}",
+         "lib/fast_rcnn/config.py (TEST.NMS = 0.3)", source=_PFR, verified=_READ,
+         note="torchvision's default is 0.5."),
+    Fact("detections_per_img", 100, "at most {value} detections per image",
+         "lib/fast_rcnn/test.py (test_net max_per_image=100)", source=_PFR, verified=_READ),
+    Fact("torchvision_roi_batch", 512, "{value} RoIs per image",
+         "torchvision/models/detection/faster_rcnn.py (box_batch_size_per_image)",
+         source=_TV, verified=_READ),
+    # -- results --
+    Fact("table2_proposals", (100, 300, 1000), "ZF with {value} test proposals", "Table 2"),
+    Fact("voc07_vgg", (69.9, 73.2), "VGG-16 mAP {value} on VOC 2007 test (trained on 07 / "
+         "07+12)", "Table 3"),
+    Fact("vgg_ms_per_image", 198, "{value} ms per image for VGG-16 on a K40 GPU "
+         "(5 fps)", "Table 5"),
+    Fact("vgg_region_ms", 47, "{value} ms for the region-wise part (RoI pooling, fc layers, "
+         "NMS) with VGG-16", "Table 5"),
+    Fact("vgg_conv_ms", 141, "{value} ms for VGG-16's conv layers", "Table 5"),
+    Fact("vgg_proposal_ms", 10, "{value} ms for the proposals with VGG-16", "Table 5"),
+    Fact("zf_fps", 17, "{value} fps with ZF", "Table 5"),
+    Fact("table8_3x3", 69.9, "mAP {value} with 3 scales x 3 ratios (VGG-16)", "Table 8"),
+    Fact("table8_3x1", 69.8, "mAP {value} with 3 scales x 1 ratio", "Table 8"),
+    Fact("table9_lambda", (0.1, 1, 10, 100), "lambda in {value}", "Table 9"),
+    Fact("table10_one_stage", "one-stage vs two-stage", "a {value} comparison on ZF", "Table 10"),
+)
+
+_BY_KEY: Dict[str, Fact] = {f.key: f for f in FACTS}
+
+
+def fact(key: str) -> Fact:
+    """The fact registered as ``key``; a KeyError listing close keys otherwise."""
+    try:
+        return _BY_KEY[key]
+    except KeyError:
+        close = [k for k in _BY_KEY if key.split("_")[0] in k]
+        raise KeyError(f"no paper fact {key!r} in frcnn_lite.paper.FACTS"
+                       + (f"; did you mean one of {close}?" if close else "")) from None
+
+
+def value(key: str):
+    """The value of a fact (``paper.value("rpn_batch") == 256``)."""
+    return fact(key).value
+
+
+def where(key: str) -> str:
+    """Where a fact is, as prose cites it: ``§3.1.3``, ``Fast R-CNN §2.3``, ``py-faster-rcnn``."""
+    f = fact(key)
+    if f.source == "paper":
+        return f.where
+    if f.source == "fast_rcnn":
+        return f"Fast R-CNN {f.where}"
+    return f.source
+
+
+def cite(key: str) -> str:
+    """The fact as a phrase with its location: ``"256 anchors per image (§3.1.3)"``."""
+    f = fact(key)
+    return f"{phrase(key)} ({where(key)})"
+
+
+def phrase(key: str) -> str:
+    """The fact's phrase without its location."""
+    f = fact(key)
+
+    def fill(match: re.Match) -> str:
+        spec = match.group(1)
+        return format(f.value, spec) if spec else format_value(f.value)
+
+    return re.sub(r"\{value(?::([^}]*))?\}", fill, f.text).strip()
+
+
+def location_problems(f: Fact) -> list:
+    """What is wrong with a fact's source or location (empty when it is valid)."""
+    found = []
+    if f.source not in SOURCES:
+        found.append(f"{f.key}: unknown source {f.source!r} (one of {sorted(SOURCES)})")
+    if "{value" not in f.text:
+        found.append(f"{f.key}: text has no {{value}} slot")
+    if f.source in ("paper", "fast_rcnn"):
+        sections = PAPER_SECTIONS if f.source == "paper" else FAST_RCNN_SECTIONS
+        limits = PAPER_LIMITS if f.source == "paper" else FAST_RCNN_LIMITS
+        for part in f.where.split(" and "):
+            m = _LOCATION.match(part)
+            if not m:
+                found.append(f"{f.key}: location {part!r} is not '§N.N', 'Eq. N', 'Table N', "
+                             f"'Fig. N' or 'Abstract' (arabic numbers, arXiv v3)")
+                continue
+            if m["sec"] and m["sec"] not in sections:
+                found.append(f"{f.key}: {f.source} has no section {m['sec']}")
+            for kind in ("eq", "table", "fig"):
+                if m[kind] and not 1 <= int(m[kind]) <= limits[kind]:
+                    found.append(f"{f.key}: {f.source} has no {kind} {m[kind]}")
+    elif not f.where or "/" not in f.where and "." not in f.where:
+        found.append(f"{f.key}: an implementation fact needs the file it is in")
+    if isinstance(f.value, float) and not math.isfinite(f.value):
+        found.append(f"{f.key}: value is not finite")
+    return found
