@@ -32,6 +32,30 @@ from typing import Dict, Optional, Tuple
 
 import torch
 
+from frcnn_lite.checks import (check_choice, check_int, check_number, check_numbers,
+                               check_order)
+
+
+def _as_tuple(config, *names: str) -> None:
+    """Store list values of ``names`` as tuples (frozen dataclasses must stay hashable)."""
+    for name in names:
+        value = getattr(config, name)
+        if isinstance(value, list):
+            object.__setattr__(config, name, tuple(value))
+
+
+def check_anchor_settings(owner: str, scales, ratios) -> None:
+    """Anchor scales (sides in pixels) and ratios (h / w): non-empty, finite, positive."""
+    check_numbers(scales, f"{owner}.scales", low=0, low_open=True)
+    check_numbers(ratios, f"{owner}.ratios", low=0, low_open=True)
+
+
+def check_input_size(owner: str, min_size, max_size) -> None:
+    """The §3.3 rescaling sizes: positive integers with ``min_size <= max_size``."""
+    check_int(min_size, f"{owner}.min_size", minimum=1)
+    check_int(max_size, f"{owner}.max_size", minimum=1)
+    check_order([("min_size", min_size), ("max_size", max_size)], owner)
+
 
 @dataclass(frozen=True)
 class Preset:
@@ -54,6 +78,12 @@ class Preset:
     min_size: int
     max_size: int
     backbone: str
+
+    def __post_init__(self):
+        _as_tuple(self, "scales", "ratios")
+        check_anchor_settings("Preset", self.scales, self.ratios)
+        check_input_size("Preset", self.min_size, self.max_size)
+        check_int(self.stride, "Preset.stride", minimum=1)
 
     @property
     def num_anchors(self) -> int:
@@ -117,6 +147,47 @@ class FasterRCNNConfig:
     score_thresh: float = 0.05
     nms_thresh: float = 0.3
     detections_per_img: int = 100
+
+    def __post_init__(self):
+        _as_tuple(self, "scales", "ratios")
+        owner = "FasterRCNNConfig"
+        check_int(self.num_classes, f"{owner}.num_classes (K, without background)", minimum=1)
+        if not isinstance(self.backbone, str) or not self.backbone:
+            raise TypeError(f"{owner}.backbone must be a backbone name such as 'tiny' or "
+                            f"'vgg16', got {self.backbone!r}.")
+        if not isinstance(self.pretrained, bool):
+            raise TypeError(f"{owner}.pretrained must be True or False, got {self.pretrained!r}.")
+        check_input_size(owner, self.min_size, self.max_size)
+        check_anchor_settings(owner, self.scales, self.ratios)
+        if self.rpn_mid_channels is not None:
+            check_int(self.rpn_mid_channels, f"{owner}.rpn_mid_channels", minimum=1)
+        self._check_sampling(owner)
+        for name in ("pre_nms_top_n_train", "post_nms_top_n_train", "pre_nms_top_n_test",
+                     "post_nms_top_n_test", "pool_size", "representation_size",
+                     "detections_per_img"):
+            check_int(getattr(self, name), f"{owner}.{name}", minimum=1)
+        for name in ("rpn_nms_thresh", "nms_thresh", "score_thresh"):
+            check_number(getattr(self, name), f"{owner}.{name}", low=0, high=1)
+        check_number(self.rpn_min_size, f"{owner}.rpn_min_size", low=0)
+        check_number(self.lambda_reg, f"{owner}.lambda_reg", low=0)
+        check_choice(self.loss_normalization, f"{owner}.loss_normalization", ("paper", "batch"))
+        check_choice(self.roi_pool_impl, f"{owner}.roi_pool_impl", ("ours", "torchvision"))
+
+    def _check_sampling(self, owner: str) -> None:
+        """IoU thresholds in [0, 1] in a sensible order; mini-batch sizes and fractions."""
+        for name in ("rpn_fg_iou", "rpn_bg_iou", "roi_fg_iou", "roi_bg_iou_hi", "roi_bg_iou_lo"):
+            check_number(getattr(self, name), f"{owner}.{name}", low=0, high=1)
+        check_order([("rpn_bg_iou", self.rpn_bg_iou), ("rpn_fg_iou", self.rpn_fg_iou)], owner)
+        check_order([("roi_bg_iou_lo", self.roi_bg_iou_lo), ("roi_bg_iou_hi", self.roi_bg_iou_hi),
+                     ("roi_fg_iou", self.roi_fg_iou)], owner)
+        if self.roi_bg_iou_lo == self.roi_bg_iou_hi:
+            raise ValueError(f"{owner}: the background range [roi_bg_iou_lo, roi_bg_iou_hi) = "
+                             f"[{self.roi_bg_iou_lo}, {self.roi_bg_iou_hi}) is empty, so no RoI "
+                             f"could be background; lower roi_bg_iou_lo.")
+        for name in ("rpn_batch_size_per_image", "roi_batch_size_per_image"):
+            check_int(getattr(self, name), f"{owner}.{name}", minimum=1)
+        for name in ("rpn_positive_fraction", "roi_positive_fraction"):
+            check_number(getattr(self, name), f"{owner}.{name}", low=0, high=1, low_open=True)
 
     def to_dict(self) -> dict:
         """Plain Python values only, so ``torch.load(weights_only=True)`` accepts it."""

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import hashlib
 import math
 import time
 from dataclasses import dataclass
@@ -34,7 +35,9 @@ from typing import Dict, List, Optional, Tuple, Union
 import torch
 
 from frcnn_lite.checkpoint import (CheckpointError, get_rng_state, load_checkpoint,
-                                   save_checkpoint, set_rng_state)
+                                   remove_stale_temporaries, save_checkpoint, set_rng_state)
+from frcnn_lite.checks import (check_boxes_inside, check_image, check_int, check_number,
+                               check_numbers, check_target)
 from frcnn_lite.model import FasterRCNN, load_model
 from frcnn_lite.stages import (GROUPS, STAGES, Stage, _stage, apply_stage, format_table,
                                parameter_groups, stage_table)
@@ -67,6 +70,23 @@ class TrainConfig:
     seed: int = 0
     checkpoint_every: int = 200
 
+    def __post_init__(self):
+        if isinstance(self.lr_steps, list):
+            object.__setattr__(self, "lr_steps", tuple(self.lr_steps))
+        owner = "TrainConfig"
+        check_int(self.iterations, f"{owner}.iterations", minimum=1)
+        check_int(self.batch_size, f"{owner}.batch_size (images per mini-batch)", minimum=1)
+        check_number(self.lr, f"{owner}.lr", low=0, low_open=True)
+        check_number(self.momentum, f"{owner}.momentum", low=0, high=1, high_open=True)
+        check_number(self.weight_decay, f"{owner}.weight_decay", low=0)
+        if self.lr_steps:  # () means a constant learning rate
+            check_numbers(self.lr_steps, f"{owner}.lr_steps (fractions of iterations)", low=0,
+                          high=1, low_open=True)
+        check_number(self.lr_gamma, f"{owner}.lr_gamma", low=0, low_open=True)
+        check_int(self.warmup_iterations, f"{owner}.warmup_iterations", minimum=0)
+        check_int(self.seed, f"{owner}.seed", minimum=0, maximum=2 ** 32 - 1)
+        check_int(self.checkpoint_every, f"{owner}.checkpoint_every", minimum=1)
+
     def lr_factor(self, iteration: int) -> float:
         """The multiplier of ``lr`` at ``iteration`` (0-based): warm-up, then steps."""
         factor = self.lr_gamma ** sum(iteration >= int(s * self.iterations) for s in self.lr_steps)
@@ -81,6 +101,7 @@ def batch_indices(iteration: int, num_images: int, batch_size: int, seed: int = 
     A pure function of its arguments, so a resumed run sees exactly the batches
     the interrupted run would have seen (no data-loader state to save).
     """
+    check_int(batch_size, "batch_size", minimum=1)
     per_epoch = num_images // batch_size
     if per_epoch == 0:
         raise ValueError(f"the dataset has {num_images} images, fewer than batch_size={batch_size}.")
@@ -88,6 +109,18 @@ def batch_indices(iteration: int, num_images: int, batch_size: int, seed: int = 
     generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     order = torch.randperm(num_images, generator=generator)
     return order[position * batch_size:(position + 1) * batch_size].tolist()
+
+
+def _sample_digest(samples) -> str:
+    """SHA-256 of ``[(image, target), ...]``: image pixels, boxes and labels."""
+    digest = hashlib.sha256()
+    for image, target in samples:
+        for tensor in (image, target["boxes"], target["labels"]):
+            tensor = torch.as_tensor(tensor).detach().cpu().contiguous()
+            digest.update(str((tuple(tensor.shape), tensor.dtype)).encode())
+            digest.update(tensor.view(-1).view(torch.uint8).numpy().tobytes()
+                          if tensor.numel() else b"")
+    return digest.hexdigest()
 
 
 class Trainer:
@@ -98,19 +131,37 @@ class Trainer:
     "seconds"}``. With ``checkpoint_path``, a checkpoint (model, optimizer,
     scheduler, RNG states, iteration, loss log) is written atomically every
     ``checkpoint_every`` iterations, at the end, and when the run is
-    interrupted (Ctrl-C); ``fit()`` on an existing checkpoint resumes from it.
+    interrupted (Ctrl-C); ``fit()`` on an existing checkpoint resumes from it
+    (it says so: "resumed from iteration N"; ``resumed_from`` keeps N).
+
+    Every sample is checked before the forward pass, so a bad one (a NaN pixel,
+    a box outside its image) is reported with its dataset index. Checkpoints
+    record the data they were trained on (its length and a hash of the first
+    mini-batch) and a resume on other data is refused (``check_data=False``
+    allows it, e.g. for a dataset with random augmentation). Weights that
+    became NaN or inf are never saved: the last finite checkpoint is kept.
     """
 
     def __init__(self, model: FasterRCNN, dataset, config: TrainConfig = TrainConfig(), *,
                  stage: Union[str, Stage] = "joint", proposer: Optional[FasterRCNN] = None,
                  checkpoint_path: Union[str, Path, None] = None, device=None,
-                 progress: bool = True, resume: bool = True):
+                 progress: bool = True, resume: bool = True, check_data: bool = True):
         self.stage = _stage(stage)
         if self.stage.external_proposals and proposer is None:
             raise ValueError(f"stage {self.stage.name!r} trains the detector on another network's "
                              f"proposals: pass proposer=<the step-1 RPN network>.")
+        if not isinstance(config, TrainConfig):
+            raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}.")
         if len(dataset) == 0:
             raise ValueError("the training dataset is empty.")
+        if len(dataset) < config.batch_size:
+            raise ValueError(f"the dataset has {len(dataset)} images, fewer than batch_size="
+                             f"{config.batch_size}; lower batch_size or add images.")
+        data_classes = getattr(dataset, "num_classes", None)
+        if isinstance(data_classes, int) and data_classes > model.config.num_classes:
+            raise ValueError(f"the dataset has {data_classes} classes but the model detects "
+                             f"{model.config.num_classes}; build the model with "
+                             f"num_classes={data_classes}.")
         self.model, self.dataset, self.config = model, dataset, config
         self.device = torch.device(device) if device is not None else pick_device()
         self.model.to(self.device)
@@ -118,8 +169,11 @@ class Trainer:
         if proposer is not None:
             proposer.to(self.device).eval().requires_grad_(False)
         self.checkpoint_path = Path(checkpoint_path) if checkpoint_path is not None else None
-        self.progress, self.resume = progress, resume
+        self.progress, self.resume, self.check_data = progress, resume, check_data
         self.iteration = 0
+        self.resumed_from: Optional[int] = None
+        self._saved_iteration: Optional[int] = None  # the iteration the checkpoint file holds
+        self._data: Optional[dict] = None  # what the run trains on (see _training_state)
         self.history: List[Dict[str, float]] = []
         params = apply_stage(self.model, self.stage)
         self.optimizer = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum,
@@ -131,15 +185,33 @@ class Trainer:
         return {"stage": self.stage.name, "config": _plain(dataclasses.asdict(self.config)),
                 "iteration": self.iteration, "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "rng": rng_state,
-                "history": self.history}
+                "history": self.history,
+                "data": self._data or {"num_images": len(self.dataset)}}
 
     def save(self, rng_state=None) -> None:
-        """Write the checkpoint now (atomically: a temporary file, then a rename)."""
+        """Write the checkpoint now (atomically: a temporary file, then a rename).
+
+        Raises ``FloatingPointError`` (and keeps the previous file) when the
+        weights hold NaN or inf: the run diverged.
+        """
         if self.checkpoint_path is not None:
             state = self._training_state(rng_state if rng_state is not None else get_rng_state())
-            save_checkpoint(self.checkpoint_path, self.model, training=state)
+            try:
+                save_checkpoint(self.checkpoint_path, self.model, training=state)
+            except FloatingPointError as error:
+                kept = (f"the checkpoint keeps iteration {self._saved_iteration}, the last "
+                        f"finite state" if self._saved_iteration is not None
+                        else "no checkpoint was written")
+                raise FloatingPointError(
+                    f"training diverged in stage {self.stage.name!r}: the weights are NaN or inf "
+                    f"at iteration {self.iteration}; {kept}. Lower the learning rate (now "
+                    f"{self.optimizer.param_groups[0]['lr']:.3g}) or add warm-up. ({error})"
+                ) from error
+            self._saved_iteration = self.iteration
 
     def _try_resume(self) -> bool:
+        if self.checkpoint_path is not None:
+            remove_stale_temporaries(self.checkpoint_path)  # left by a kill during a save
         if not (self.resume and self.checkpoint_path is not None and self.checkpoint_path.exists()):
             return False
         checkpoint = load_checkpoint(self.checkpoint_path, self.model, map_location=self.device)
@@ -154,17 +226,52 @@ class Trainer:
             raise CheckpointError(f"{self.checkpoint_path} was trained with {state['config']}, "
                                   f"not {dataclasses.asdict(self.config)}; resume with the same "
                                   f"TrainConfig or use another checkpoint path.")
+        if self.check_data:
+            self._check_same_data(state.get("data"))
+        self._data = state.get("data")
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         set_rng_state(state["rng"])
         self.iteration, self.history = state["iteration"], list(state["history"])
+        self.resumed_from = self._saved_iteration = self.iteration
         return True
 
+    def _check_same_data(self, saved: Optional[dict]) -> None:
+        """Refuse to resume on data other than the run started with."""
+        if saved is None:  # a checkpoint of an older version: nothing to compare
+            return
+        fix = (f"Resume with the same data, or train into another checkpoint path (or delete "
+               f"{self.checkpoint_path}); check_data=False skips this check.")
+        if saved.get("num_images") != len(self.dataset):
+            raise CheckpointError(f"{self.checkpoint_path} was trained on {saved.get('num_images')}"
+                                  f" images, but this dataset has {len(self.dataset)}. " + fix)
+        if "indices" in saved:
+            indices = [int(i) for i in saved["indices"]]
+            if _sample_digest([self.dataset[i] for i in indices]) != saved["sha256"]:
+                raise CheckpointError(f"{self.checkpoint_path} was trained on other data: the "
+                                      f"dataset's images {indices} differ from the ones the run "
+                                      f"started with. " + fix)
+
     # -- the loop --------------------------------------------------------------
+    def _sample(self, i: int):
+        """``dataset[i]``, checked, so that a bad sample is named by its dataset index."""
+        sample = self.dataset[i]
+        if not isinstance(sample, (tuple, list)) or len(sample) != 2:
+            raise TypeError(f"dataset[{i}] must be an (image, target) pair, got "
+                            f"{type(sample).__name__}.")
+        image, target = sample
+        check_image(image, f"dataset[{i}] image")
+        check_target(target, self.model.config.num_classes, f"dataset[{i}] target")
+        check_boxes_inside(target["boxes"], tuple(image.shape[-2:]), f"dataset[{i}] target['boxes']")
+        return image, target
+
     def _batch(self, indices: List[int]):
         images, targets = [], []
-        for i in indices:
-            image, target = self.dataset[i]
+        samples = [self._sample(i) for i in indices]
+        if self._data is None:  # the run's first mini-batch: remember what the data was
+            self._data = {"num_images": len(self.dataset), "indices": list(indices),
+                          "sha256": _sample_digest(samples)}
+        for image, target in samples:
             images.append(image.to(self.device))
             targets.append({k: v.to(self.device) if torch.is_tensor(v) else v
                             for k, v in target.items()})
@@ -181,14 +288,21 @@ class Trainer:
                 raise FloatingPointError(
                     f"{name} = {value} at iteration {self.iteration} (batch index "
                     f"{self.iteration}, dataset images {indices}) in stage {self.stage.name!r}: "
-                    f"training stopped. Check those images' targets, lower the learning rate "
-                    f"(now {self.optimizer.param_groups[0]['lr']:.3g}), or resume from the last "
-                    f"checkpoint{f' {self.checkpoint_path}' if self.checkpoint_path else ''}.")
+                    f"training stopped (the images and targets passed their checks, so the run "
+                    f"diverged). Lower the learning rate (now "
+                    f"{self.optimizer.param_groups[0]['lr']:.3g}) or add warm-up, and "
+                    f"{self._restart_hint()}.")
         self.optimizer.zero_grad(set_to_none=True)
         sum(losses.values()).backward()
         self.optimizer.step()
         self.scheduler.step()
         return values
+
+    def _restart_hint(self) -> str:
+        if self.checkpoint_path is None or self._saved_iteration is None:
+            return "start again"
+        return (f"resume from the last checkpoint {self.checkpoint_path} (iteration "
+                f"{self._saved_iteration}, finite weights)")
 
     def fit(self) -> List[Dict[str, float]]:
         """Train until ``config.iterations`` (resuming from the checkpoint if there is one)."""
@@ -196,6 +310,10 @@ class Trainer:
 
         if not self._try_resume():
             seed_everything(self.config.seed)
+        elif self.progress:
+            done = " (already complete)" if self.iteration >= self.config.iterations else ""
+            print(f"resumed {self.stage.name} from iteration {self.iteration} of "
+                  f"{self.config.iterations}{done} ({self.checkpoint_path})", flush=True)
         apply_stage(self.model, self.stage)
         bar = tqdm(total=self.config.iterations, initial=self.iteration, disable=not self.progress,
                    desc=self.stage.name, dynamic_ncols=True)

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from frcnn_lite.boxes import clip_boxes
-from frcnn_lite.checks import check_image, check_target
+from frcnn_lite.checks import check_boxes_inside, check_image, check_target
 
 Size = Tuple[int, int]
 
@@ -110,20 +110,27 @@ def check_inputs(images, targets, num_classes: int) -> None:
                              f"give one target dict per image.")
         for i, target in enumerate(targets):
             check_target(target, num_classes, f"targets[{i}]")
+            check_boxes_inside(target["boxes"], tuple(images[i].shape[-2:]),
+                               f"targets[{i}]['boxes']")
 
 
 def transform(images: Sequence[torch.Tensor], targets: Sequence[Dict] | None, *,
               mean: Sequence[float], std: Sequence[float], min_size: int, max_size: int,
-              stride: int) -> Tuple[torch.Tensor, List[Size], List[Dict] | None]:
+              stride: int, dtype: torch.dtype = torch.float32
+              ) -> Tuple[torch.Tensor, List[Size], List[Dict] | None]:
     """The whole input pipeline for a list of images (and targets in training).
 
     Returns ``batch (B, 3, Hp, Wp)``, the resized sizes ``[(h_i, w_i)]`` (the
     "image size" the RPN clips proposals to) and the targets with resized
-    boxes (new dicts; the caller's targets are not changed).
+    boxes (new dicts; the caller's targets are not changed). Images of another
+    floating dtype (float16, float64) are converted to ``dtype``, the model's.
     """
     resized, sizes, new_targets = [], [], [] if targets is not None else None
     for i, image in enumerate(images):
         boxes = targets[i]["boxes"] if targets is not None else None
+        image = image.to(dtype)  # float16 / float64 images -> the weights' dtype
+        if boxes is not None:
+            boxes = boxes.to(dtype)
         image, boxes = resize(normalize(image, mean, std), boxes,
                               min_size=min_size, max_size=max_size)
         resized.append(image)
