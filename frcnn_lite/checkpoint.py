@@ -153,10 +153,10 @@ def _unreadable(path: Path, error: Exception) -> CheckpointError:
         what = f" (it asks to run {blocked[0]})" if blocked else ""
         return CheckpointError(
             f"refused to load {path}: it contains Python objects other than tensors and plain "
-            f"values{what}, which a safe load never executes. frcnn_lite never writes such "
-            f"files: it is another program's pickle or a tampered file. Do not load it with "
-            f"weights_only=False unless you made it yourself; use a checkpoint written by "
-            f"frcnn_lite (save_checkpoint / the CLI's train) instead.")
+            f"values{what}, and loading those could run code hidden in the file, so the safe "
+            f"load stops. frcnn_lite never writes such files: this one comes from another "
+            f"program or was tampered with. Use a checkpoint written by frcnn_lite "
+            f"(save_checkpoint, or the CLI's train) instead.")
     first = next((line for line in text.splitlines() if line.strip()), "")
     return CheckpointError(
         f"could not read {path}: the file is corrupt, truncated, or not a PyTorch checkpoint "

@@ -33,7 +33,8 @@ import torch
 from torch import nn
 
 from frcnn_lite.backbones import Backbone, build_backbone
-from frcnn_lite.checkpoint import load_checkpoint, read_checkpoint
+from frcnn_lite.checkpoint import (config_from_checkpoint, load_checkpoint,
+                                   read_checkpoint)
 from frcnn_lite.config import FasterRCNNConfig  # noqa: F401  (its home is config.py)
 from frcnn_lite.fast_rcnn import RoIHeads
 from frcnn_lite.rpn import RegionProposalNetwork
@@ -190,7 +191,7 @@ def _check_same_transform(model: FasterRCNN, proposer: FasterRCNN) -> None:
 def load_model(path: Union[str, Path], device: Union[str, torch.device] = "cpu") -> FasterRCNN:
     """Rebuild the :class:`FasterRCNN` a checkpoint was saved from, in eval mode."""
     payload = read_checkpoint(path, "cpu")
-    config = FasterRCNNConfig.from_dict(payload["config"])
+    config = config_from_checkpoint(FasterRCNNConfig, payload, path)  # names the file
     # The weights come from the file: never download ImageNet weights here.
     model = FasterRCNN(dataclasses.replace(config, pretrained=False))
     model.config = config
