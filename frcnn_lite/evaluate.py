@@ -16,13 +16,12 @@ Shape glossary: ``I`` images; ``D`` detections, ``G`` ground-truth boxes and
 ``P`` proposals of one image; ``K`` classes; ``T`` IoU thresholds; ``n``
 detections of one class over the whole set (one point of a PR curve each).
 
-Built in chapter 10 (``proposal_recall`` is used in chapter 6).
+Built in chapter 10 (``proposal_recall`` is used in chapter 6); the
+pycocotools plumbing of :func:`evaluate_coco` is in :mod:`frcnn_lite.coco_eval`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import io
 import math
 from typing import List, Optional, Sequence, Tuple
 
@@ -31,23 +30,22 @@ import torch
 
 from frcnn_lite.boxes import box_iou
 from frcnn_lite.checks import check_boxes, check_detection_boxes, check_prediction, check_target
+from frcnn_lite.coco_eval import COCO_METRICS  # noqa: F401 (it was defined here)
+from frcnn_lite.coco_eval import coco_stats, per_class_ap, run_cocoeval, to_coco
 
 # Kinds of detection in error_breakdown, in order of precedence (index = code).
 ERROR_KINDS = ("correct", "duplicate", "localisation", "classification", "background", "ignored")
 # IoU thresholds of the paper's Fig. 4 (recall vs IoU): 0.5, 0.55, ..., 0.95.
 RECALL_IOUS = (0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95)
-# pycocotools' COCOeval.stats, in order.
-COCO_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl",
-                "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
 
 
 def voc_ap(recall, precision, use_07_metric: bool = True) -> float:
-    """Average precision from a PR curve: recall ``(n,)`` non-decreasing, precision ``(n,)``.
+    """Average precision of one class from its PR curve (the paper's mAP, §4.1).
 
-    The curve is traced by ranking one class's detections by descending score;
-    point ``i`` holds recall and precision of the top ``i + 1`` detections.
-    Both rules first take the precision *envelope*: at recall ``r`` the best
-    precision reachable at any recall ``>= r``.
+    ``recall (n,)`` (non-decreasing) and ``precision (n,)``: point ``i`` is
+    the top ``i + 1`` detections of the class, ranked by descending score.
+    Both rules read the precision *envelope*: at recall ``r``, the best
+    precision reached at any recall ``>= r``.
 
     - ``use_07_metric=True`` (VOC 2007, the paper's tables): the mean of the
       envelope at the 11 recalls 0, 0.1, ..., 1 (0 beyond the last recall).
@@ -55,24 +53,18 @@ def voc_ap(recall, precision, use_07_metric: bool = True) -> float:
       envelope, summed over the recalls where the curve steps.
 
     The tenths are exact (``i / 10``), so a recall of exactly 0.3 counts at
-    0.3; py-faster-rcnn's ``np.arange(0, 1.1, 0.1)`` drifts to 0.30000000000000004.
+    0.3; py-faster-rcnn's ``np.arange(0, 1.1, 0.1)`` drifts to
+    0.30000000000000004.
     """
-    recall = _curve_array(recall, "recall")
-    precision = _curve_array(precision, "precision")
-    if recall.shape != precision.shape:
-        raise ValueError(f"recall and precision must have the same length (one point per "
-                         f"detection), got {recall.shape[0]} and {precision.shape[0]}.")
-    if np.any(np.diff(recall) < 0):
-        raise ValueError("recall must be non-decreasing: rank detections by descending score and "
-                         "take cumulative sums of true positives.")
+    recall, precision = _check_pr_curve(recall, precision)
     if use_07_metric:
         tenths = np.arange(11) / 10.0  # (11,)
         reached = recall[None, :] >= tenths[:, None]  # (11, n)
-        envelope = np.where(reached, precision[None, :], 0.0).max(axis=1, initial=0.0)  # (11,)
-        return float(envelope.mean())
-    mrec = np.concatenate(([0.0], recall, [1.0]))  # (n + 2,) sentinels at both ends
+        best = np.where(reached, precision[None, :], 0.0)  # (11, n)
+        return float(best.max(axis=1, initial=0.0).mean())  # envelope at tenths
+    mrec = np.concatenate(([0.0], recall, [1.0]))  # (n + 2,) sentinels
     mpre = np.concatenate(([0.0], precision, [0.0]))
-    mpre = np.maximum.accumulate(mpre[::-1])[::-1]  # envelope: best precision to the right
+    mpre = np.maximum.accumulate(mpre[::-1])[::-1]  # envelope: best rightward
     steps = np.nonzero(mrec[1:] != mrec[:-1])[0]  # where recall changes
     return float(np.sum((mrec[steps + 1] - mrec[steps]) * mpre[steps + 1]))
 
@@ -99,9 +91,8 @@ def evaluate_voc(predictions: Sequence[dict], targets: Sequence[dict], num_class
     tensors ``"tp"``, ``"ignored"`` (D,) bool, ``"gt_index"`` (D,) int64 (the
     best same-class box, -1 if none), ``"iou"`` (D,) and ``"gt_found"`` (G,) bool.
     """
-    preds, gts, names = _check_inputs(predictions, targets, num_classes, class_names)
-    if not 0.0 < iou_thresh <= 1.0:
-        raise ValueError(f"iou_thresh must lie in (0, 1], got {iou_thresh}; VOC uses 0.5.")
+    preds, gts, names = _check_inputs(predictions, targets, num_classes, class_names,
+                                      iou_thresh=iou_thresh)
     matches = [_match_image(p, t, iou_thresh) for p, t in zip(preds, gts)]
     labels = _cat([p["labels"] for p in preds], torch.int64).numpy()  # (sum D,)
     scores = _cat([p["scores"] for p in preds], torch.float64).numpy()
@@ -135,7 +126,8 @@ def evaluate_voc(predictions: Sequence[dict], targets: Sequence[dict], num_class
     return result
 
 
-def evaluate_coco(predictions: Sequence[dict], targets: Sequence[dict], num_classes: int, *,
+def evaluate_coco(predictions: Sequence[dict], targets: Sequence[dict],
+                  num_classes: int, *,
                   class_names: Optional[Sequence[str]] = None) -> dict:
     """COCO evaluation (§4.2, Table XI) by pycocotools' ``COCOeval``, in memory.
 
@@ -146,62 +138,21 @@ def evaluate_coco(predictions: Sequence[dict], targets: Sequence[dict], num_clas
     pycocotools; its prints are captured into ``"summary"``.
 
     Returns ``"stats"`` ``{name: value}`` for :data:`COCO_METRICS` (AP =
-    AP@[.5:.95], AP50, AP75, AP small/medium/large, AR with 1/10/100 detections
-    per image, AR small/medium/large); a value pycocotools reports as -1
-    (nothing to measure) is NaN and explained in ``"notes"``; ``"per_class"``
-    ``{name: {"AP", "AP50"}}`` read from ``COCOeval.eval["precision"]`` (NaN
-    for a class without ground truth); ``"summary"`` (pycocotools' table);
-    ``"coco_eval"`` (the ``COCOeval`` object, for its precision arrays).
+    AP@[.5:.95], AP50, AP75, AP small/medium/large, AR with 1/10/100
+    detections per image, AR small/medium/large); a value pycocotools
+    reports as -1 (nothing to measure) is NaN and explained in ``"notes"``;
+    ``"per_class"`` ``{name: {"AP", "AP50"}}`` read from
+    ``COCOeval.eval["precision"]`` (NaN for a class without ground truth);
+    ``"summary"`` (pycocotools' table); ``"coco_eval"`` (the ``COCOeval``
+    object, for its precision arrays).
     """
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
-
-    preds, gts, names = _check_inputs(predictions, targets, num_classes, class_names)
-    images = [{"id": i} for i in range(len(gts))]
-    categories = [{"id": k, "name": name} for k, name in enumerate(names, start=1)]
-    annotations, results = [], []
-    for i, (p, t) in enumerate(zip(preds, gts)):
-        gt = zip(t["boxes"].tolist(), t["labels"].tolist(), t["difficult"].tolist())
-        for box, label, hard in gt:
-            annotations.append({"id": len(annotations) + 1,  # COCOeval needs ids > 0
-                                "image_id": i, "category_id": label, "bbox": _xywh(box),
-                                "area": (box[2] - box[0]) * (box[3] - box[1]),
-                                "iscrowd": int(hard)})
-        for box, label, score in zip(p["boxes"].tolist(), p["labels"].tolist(),
-                                     p["scores"].tolist()):
-            results.append({"image_id": i, "category_id": label, "bbox": _xywh(box),
-                            "score": score})
-    printed = io.StringIO()
-    with contextlib.redirect_stdout(printed):
-        coco_gt = COCO()
-        coco_gt.dataset = {"images": images, "categories": categories, "annotations": annotations}
-        coco_gt.createIndex()
-        if results:
-            coco_dt = coco_gt.loadRes(results)
-        else:  # loadRes cannot take an empty list; an empty result set scores 0
-            coco_dt = COCO()
-            coco_dt.dataset = {"images": images, "categories": categories, "annotations": []}
-            coco_dt.createIndex()
-        coco_eval = COCOeval(coco_gt, coco_dt, iouType="bbox")
-        coco_eval.evaluate()
-        coco_eval.accumulate()
-        summary_start = printed.tell()
-        coco_eval.summarize()
-    stats, notes = {}, []
-    for metric, value in zip(COCO_METRICS, coco_eval.stats.tolist()):
-        stats[metric] = math.nan if value < 0 else value
-        if value < 0:
-            notes.append(f"{metric} is undefined (pycocotools reports -1): no ground-truth box "
-                         f"falls in its area range or class set.")
-    precision = coco_eval.eval["precision"]  # (T, 101 recalls, K, 4 areas, 3 maxDets)
-    per_class = {}
-    for k, name in enumerate(names):
-        every_iou = precision[:, :, k, 0, -1]  # (T, 101), area "all", 100 detections
-        at_50 = precision[0, :, k, 0, -1]  # (101,), IoU 0.5
-        per_class[name] = {"AP": float(every_iou.mean()) if (every_iou > -1).all() else math.nan,
-                           "AP50": float(at_50.mean()) if (at_50 > -1).all() else math.nan}
-    return {"stats": stats, "per_class": per_class, "notes": notes,
-            "summary": printed.getvalue()[summary_start:], "coco_eval": coco_eval}
+    preds, gts, names = _check_inputs(predictions, targets, num_classes,
+                                      class_names)
+    ground_truth, detections = to_coco(preds, gts, names)
+    coco_eval, summary = run_cocoeval(ground_truth, detections)
+    stats, notes = coco_stats(coco_eval)
+    return {"stats": stats, "per_class": per_class_ap(coco_eval, names),
+            "notes": notes, "summary": summary, "coco_eval": coco_eval}
 
 
 def best_overlaps(proposals: Sequence[torch.Tensor], gt_boxes: Sequence[torch.Tensor],
@@ -247,50 +198,42 @@ def proposal_recall(proposals: Sequence[torch.Tensor], gt_boxes: Sequence[torch.
     return (best[None, :] >= thresholds[:, None]).double().mean(dim=1)  # (T,)
 
 
-def error_breakdown(predictions: Sequence[dict], targets: Sequence[dict], num_classes: int, *,
-                    iou_thresh: float = 0.5, bg_iou: float = 0.1, score_thresh: float = 0.0,
+def error_breakdown(predictions: Sequence[dict], targets: Sequence[dict],
+                    num_classes: int, *, iou_thresh: float = 0.5,
+                    bg_iou: float = 0.1, score_thresh: float = 0.0,
                     class_names: Optional[Sequence[str]] = None) -> dict:
-    """What each detection with score ``>= score_thresh`` is, and which boxes it misses.
+    """What each detection scoring ``>= score_thresh`` is, and what was missed.
 
     After VOC matching at ``iou_thresh`` (as :func:`evaluate_voc`), each kept
     detection gets the first kind that fits (after Hoiem et al., 2012):
 
     - ``correct``: a true positive.
     - ``duplicate``: right class, IoU ``>= iou_thresh``, box already taken.
-    - ``localisation``: right class, best same-class IoU in ``[bg_iou, iou_thresh)``.
-    - ``classification``: wrong class: IoU ``>= bg_iou`` with a box of another
-      class, ``< bg_iou`` with every box of its own class.
+    - ``localisation``: right class, best IoU in ``[bg_iou, iou_thresh)``.
+    - ``classification``: IoU ``>= bg_iou`` with a box of another class,
+      ``< bg_iou`` with every box of its own class.
     - ``background``: IoU ``< bg_iou`` with every ground-truth box.
     - ``ignored``: matched a ``difficult`` box.
 
     ``missed`` are non-difficult boxes no kept detection found. Returns
-    ``"counts"`` ``{kind: int}`` (kinds of :data:`ERROR_KINDS` and ``"missed"``),
-    ``"kinds"`` one ``(D,)`` int64 tensor per image (index into ERROR_KINDS, -1
-    below ``score_thresh``) and ``"missed"`` one ``(G,)`` bool tensor per image.
+    ``"counts"`` ``{kind: int}`` (:data:`ERROR_KINDS` and ``"missed"``),
+    ``"kinds"`` one ``(D,)`` int64 tensor per image (index into ERROR_KINDS,
+    -1 below ``score_thresh``), ``"missed"`` one ``(G,)`` bool per image.
     """
-    preds, gts, _ = _check_inputs(predictions, targets, num_classes, class_names)
-    if not 0.0 <= bg_iou < iou_thresh <= 1.0:
-        raise ValueError(f"need 0 <= bg_iou < iou_thresh <= 1, got bg_iou={bg_iou}, "
-                         f"iou_thresh={iou_thresh}.")
+    preds, gts, _ = _check_inputs(predictions, targets, num_classes,
+                                  class_names, iou_thresh, bg_iou)
     kinds, missed = [], []
     for p, t in zip(preds, gts):
         keep = p["scores"] >= score_thresh  # (D,)
         kept = {key: p[key][keep] for key in ("boxes", "labels", "scores")}
-        m = _match_image(kept, t, iou_thresh)
-        same = m["iou"]
-        other = m["other_iou"]
-        kind = torch.full((len(same),), ERROR_KINDS.index("background"), dtype=torch.int64)
-        kind[other >= bg_iou] = ERROR_KINDS.index("classification")
-        kind[(same >= bg_iou) & (same < iou_thresh)] = ERROR_KINDS.index("localisation")
-        kind[same >= iou_thresh] = ERROR_KINDS.index("duplicate")
-        kind[m["tp"]] = ERROR_KINDS.index("correct")
-        kind[m["ignored"]] = ERROR_KINDS.index("ignored")
-        codes = torch.full((len(keep),), -1, dtype=torch.int64)
-        codes[keep] = kind
+        match = _match_image(kept, t, iou_thresh)
+        codes = torch.full((len(keep),), -1, dtype=torch.int64)  # (D,)
+        codes[keep] = _error_kinds(match, iou_thresh, bg_iou)
         kinds.append(codes)
-        missed.append(~m["gt_found"] & ~t["difficult"])
+        missed.append(~match["gt_found"] & ~t["difficult"])  # (G,)
     every = torch.cat(kinds) if kinds else torch.zeros(0, dtype=torch.int64)
-    counts = {name: int((every == code).sum()) for code, name in enumerate(ERROR_KINDS)}
+    counts = {kind: int((every == code).sum())
+              for code, kind in enumerate(ERROR_KINDS)}
     counts["missed"] = int(sum(int(m.sum()) for m in missed))
     return {"counts": counts, "kinds": kinds, "missed": missed}
 
@@ -329,9 +272,28 @@ def _match_image(pred: dict, target: dict, iou_thresh: float) -> dict:
     return {key: torch.from_numpy(np.asarray(value)) for key, value in as_tensors.items()}
 
 
-def _check_inputs(predictions, targets, num_classes, class_names
+def _error_kinds(match: dict, iou_thresh: float, bg_iou: float) -> torch.Tensor:
+    """``(D,)`` int64 index into ERROR_KINDS of each matched detection (see
+    :func:`error_breakdown`): the rules run from the weakest up, each later one
+    overriding, so a detection ends with the first kind of ERROR_KINDS that fits."""
+    same, code = match["iou"], ERROR_KINDS.index  # same: best same-class IoU
+    kind = torch.full((len(same),), code("background"), dtype=torch.int64)
+    kind[match["other_iou"] >= bg_iou] = code("classification")
+    kind[(same >= bg_iou) & (same < iou_thresh)] = code("localisation")
+    kind[same >= iou_thresh] = code("duplicate")
+    kind[match["tp"]] = code("correct")
+    kind[match["ignored"]] = code("ignored")
+    return kind
+
+
+def _check_inputs(predictions, targets, num_classes, class_names,
+                  iou_thresh: Optional[float] = None, bg_iou: Optional[float] = None
                   ) -> Tuple[List[dict], List[dict], Tuple[str, ...]]:
-    """Validate and copy to the CPU; targets gain ``"difficult"`` (all False if absent)."""
+    """Validate and copy to the CPU; targets gain ``"difficult"`` (all False if absent).
+
+    ``iou_thresh`` (and ``bg_iou``, for :func:`error_breakdown`) are checked
+    last, when given: ``0 < iou_thresh <= 1`` and ``0 <= bg_iou < iou_thresh``.
+    """
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(f"num_classes must be a positive int (K, background excluded), "
                          f"got {num_classes!r}.")
@@ -360,7 +322,26 @@ def _check_inputs(predictions, targets, num_classes, class_names
                              f"({len(t['boxes'])},), one flag per box.")
         gts.append({"boxes": t["boxes"].detach().cpu(), "labels": t["labels"].detach().cpu(),
                     "difficult": difficult.detach().cpu()})
+    if bg_iou is not None and not 0.0 <= bg_iou < iou_thresh <= 1.0:
+        raise ValueError(f"need 0 <= bg_iou < iou_thresh <= 1, got bg_iou={bg_iou}, "
+                         f"iou_thresh={iou_thresh}.")
+    if iou_thresh is not None and not 0.0 < iou_thresh <= 1.0:
+        raise ValueError(f"iou_thresh must lie in (0, 1], got {iou_thresh}; VOC uses 0.5.")
     return preds, gts, names
+
+
+def _check_pr_curve(recall, precision) -> Tuple[np.ndarray, np.ndarray]:
+    """``recall``, ``precision`` as float64 ``(n,)`` arrays, checked: finite, in [0, 1],
+    the same length, recall non-decreasing."""
+    recall = _curve_array(recall, "recall")
+    precision = _curve_array(precision, "precision")
+    if recall.shape != precision.shape:
+        raise ValueError(f"recall and precision must have the same length (one point per "
+                         f"detection), got {recall.shape[0]} and {precision.shape[0]}.")
+    if np.any(np.diff(recall) < 0):
+        raise ValueError("recall must be non-decreasing: rank detections by descending score and "
+                         "take cumulative sums of true positives.")
+    return recall, precision
 
 
 def _curve_array(values, name: str) -> np.ndarray:
@@ -382,7 +363,3 @@ def _curve_array(values, name: str) -> np.ndarray:
 
 def _cat(tensors: List[torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
     return torch.cat([t.to(dtype) for t in tensors]) if tensors else torch.zeros(0, dtype=dtype)
-
-
-def _xywh(box: List[float]) -> List[float]:
-    return [box[0], box[1], box[2] - box[0], box[3] - box[1]]
