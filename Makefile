@@ -1,6 +1,6 @@
 # The README's commands. Each target sets up its own virtual environment first.
 #   make test      unit tests + every chapter executed by nbval (what CI runs)
-#   make book      the rendered site in _build/html
+#   make book      the rendered site in _build/html (offline: MathJax, BokehJS included)
 #   make notebooks re-execute every chapter in place; make notebook NB=03 for one
 #   make student / make instructor   the two editions (solutions hidden / shown)
 PYTHON ?= python3
@@ -8,7 +8,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup test book notebooks notebook check-notebooks student instructor demo-model benchmarks clean
+.PHONY: setup test book browser-test notebooks notebook check-notebooks student instructor demo-model benchmarks clean
 
 $(STAMP): requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,7 +25,11 @@ test: $(STAMP)
 
 book: $(STAMP)
 	$(BIN)/jupyter-book build . -W -n --keep-going
-	@echo "The book is in _build/html/index.html"
+	@echo "The book is in _build/html/index.html ($$(du -sh _build/html | cut -f1), works offline)"
+
+# The built book in headless Chromium, offline (needs: apt-get install chromium chromium-driver)
+browser-test: $(STAMP)
+	$(BIN)/python -m pytest tests/test_browser.py -q
 
 notebooks: $(STAMP)
 	$(BIN)/python tools/book.py execute
