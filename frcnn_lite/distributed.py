@@ -136,7 +136,8 @@ class DistributedTrainer(Trainer):
         ``Trainer.fit`` computes) is replaced by this rank's shard."""
         indices = self.rank_indices(self.iteration)
         images, targets = self._batch(indices)
-        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
+        with self._divergence_named(indices), torch.autocast(
+                self.device.type, dtype=self.amp_dtype, enabled=self.amp):
             losses = self.engine(images, targets, rpn=self.stage.rpn_loss,
                                  detector=self.stage.detector_loss, proposer=self.proposer)
         names = list(losses)
@@ -150,7 +151,8 @@ class DistributedTrainer(Trainer):
                 raise FloatingPointError(
                     f"{name} = {value} (mean over {self.world_size} processes) at iteration "
                     f"{self.iteration} in stage {self.stage.name!r}; rank {self.rank} had "
-                    f"images {indices}. Lower the learning rate or check those targets.")
+                    f"images {indices} (they passed their checks, so the run diverged). Lower "
+                    f"the learning rate or add warm-up, and {self._restart_hint()}.")
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(sum(losses.values())).backward()  # DDP all-reduces the gradients here
         self.scaler.step(self.optimizer)

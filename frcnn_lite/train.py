@@ -23,6 +23,7 @@ Built in chapter 9.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import hashlib
@@ -35,7 +36,8 @@ from typing import Dict, List, Optional, Tuple, Union
 import torch
 
 from frcnn_lite.checkpoint import (CheckpointError, get_rng_state, load_checkpoint,
-                                   remove_stale_temporaries, save_checkpoint, set_rng_state)
+                                   non_finite_tensors, remove_stale_temporaries,
+                                   save_checkpoint, set_rng_state)
 from frcnn_lite.checks import (check_boxes_inside, check_image, check_int, check_number,
                                check_numbers, check_target)
 from frcnn_lite.model import FasterRCNN, load_model
@@ -280,8 +282,9 @@ class Trainer:
     def step(self, indices: List[int]) -> Dict[str, float]:
         """One SGD step on the images ``indices``; returns the loss components (floats)."""
         images, targets = self._batch(indices)
-        losses = self.model.losses(images, targets, rpn=self.stage.rpn_loss,
-                                   detector=self.stage.detector_loss, proposer=self.proposer)
+        with self._divergence_named(indices):
+            losses = self.model.losses(images, targets, rpn=self.stage.rpn_loss,
+                                       detector=self.stage.detector_loss, proposer=self.proposer)
         values = {k: float(v.detach()) for k, v in losses.items()}  # the log; one sync per step
         for name, value in values.items():
             if not math.isfinite(value):
@@ -297,6 +300,26 @@ class Trainer:
         self.optimizer.step()
         self.scheduler.step()
         return values
+
+    @contextlib.contextmanager
+    def _divergence_named(self, indices: List[int]):
+        """Turn a NaN/inf found inside the forward pass into the trainer's divergence error.
+
+        The samples passed their checks, so non-finite values inside the network
+        mean the weights diverged; say so, and where the last finite checkpoint is.
+        """
+        try:
+            yield
+        except ValueError as error:
+            bad = non_finite_tensors(self.model.state_dict())
+            if not bad and "NaN or inf" not in str(error):
+                raise
+            where = f"weights {', '.join(bad[:3])} are NaN or inf" if bad else str(error)
+            raise FloatingPointError(
+                f"training diverged at iteration {self.iteration} in stage {self.stage.name!r} "
+                f"(dataset images {indices} passed their checks): {where}. Lower the learning "
+                f"rate (now {self.optimizer.param_groups[0]['lr']:.3g}) or add warm-up, and "
+                f"{self._restart_hint()}.") from error
 
     def _restart_hint(self) -> str:
         if self.checkpoint_path is None or self._saved_iteration is None:
