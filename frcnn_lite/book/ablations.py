@@ -2,8 +2,8 @@
 
 Paper: §3.2, steps 3 and 4 of the four-step training (the shared conv layers
 are fixed; only the RPN's layers, then only the Fast R-CNN layers, are
-trained), used here to rerun Tables VIII, IX and X, the test-time proposal
-count and the small-object anchors of §4.2 in miniature (chapter 11).
+trained), used here to rerun Tables 8, 9 and 10, the test-time proposal
+count (Table 2) and the small-object anchors of §4.2 in miniature (chapter 11).
 
 Why: trained from scratch for the few hundred iterations a CPU allows, a
 detector is so weak that the differences between anchor settings drown in the
@@ -17,7 +17,7 @@ each ablation keeps it frozen, computes the feature maps of its images *once*
         §3.2, and how Table 2 pairs one detector with several proposal methods)
     two_stage, heads="all": as "rpn", but with a fresh Fast R-CNN head, trained too
     one_stage: the checkpoint's 3x3 RPN conv, frozen, under fresh 1x1 layers that
-        give K + 1 class scores and a box per anchor (Table X)
+        give K + 1 class scores and a box per anchor (Table 10)
 
     config = FrozenBackboneConfig(scales=(16, 32, 64, 128), dataset="small_objects")
     rows = run_grid([config], memo=memo)      # frcnn_lite.book.experiments.run_grid
@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +43,7 @@ import torch
 
 from frcnn_lite.anchors import grid_anchors
 from frcnn_lite.model import DEMO_MODEL_PATH, FasterRCNN
+from frcnn_lite.book.experiments import GridRun
 from frcnn_lite.book.one_stage import OneStageDetector
 from frcnn_lite.rpn import flatten_head_outputs, rpn_loss
 from frcnn_lite.transform import map_boxes_back
@@ -56,91 +56,97 @@ NUM_THREADS = 1
 
 
 @dataclass(frozen=True)
-class FrozenBackboneConfig:
-    """One ablation run on a frozen backbone. ``None`` means "as in the checkpoint".
+class FrozenBackboneConfig(GridRun):
+    """One ablation run on a frozen, trained backbone (steps 3-4 of §3.2).
 
-    ``scales``/``ratios``/``lambda_reg`` (Eq. 1)/``post_nms_top_n_test`` are the
-    paper's names; ``dataset`` is ``"shapes"`` (the demo model's data) or
-    ``"small_objects"`` (objects of 8-40 px in 256 px images, mostly COCO-small);
-    ``iterations`` mini-batches of ``batch_size`` feature maps; ``seed`` sets the
-    heads' initialisation and the batch order (the images stay the same);
-    ``heads``: ``"rpn"`` trains fresh 1x1 RPN layers and keeps the rest of the
-    checkpoint (fast: a few seconds), ``"all"`` also a fresh Fast R-CNN head.
+    ``None`` means "as in the checkpoint"; the names are the paper's.
+    ``run(device, memo)`` trains fresh heads on the backbone's cached feature
+    maps and evaluates them (:func:`run_frozen`);
+    :func:`frcnn_lite.book.experiments.run_grid` caches and tabulates rows.
     """
 
-    detector: str = "two_stage"  # or "one_stage" (Table X)
-    heads: str = "rpn"  # or "all"
-    scales: Optional[Tuple[float, ...]] = None
-    ratios: Tuple[float, ...] = (0.5, 1.0, 2.0)
-    lambda_reg: float = 10.0
-    post_nms_top_n_test: Optional[int] = None
-    dataset: str = "shapes"
-    num_train: int = 200
+    detector: str = "two_stage"  # or "one_stage" (Table 10)
+    heads: str = "rpn"  # fresh RPN 1x1 layers; "all": a fresh Fast R-CNN too
+    scales: Optional[Tuple[float, ...]] = None  # anchor scales (Table 8)
+    ratios: Tuple[float, ...] = (0.5, 1.0, 2.0)  # anchor h / w (Table 8)
+    lambda_reg: float = 10.0  # the balance of Eq. 1 (Table 9)
+    post_nms_top_n_test: Optional[int] = None  # test proposals (Table 2)
+    dataset: str = "shapes"  # or "small_objects": 8-40 px in 256 px images
+    num_train: int = 200  # images whose feature maps train the heads
     num_test: int = 100
-    iterations: int = 300
+    iterations: int = 300  # SGD mini-batches of batch_size feature maps
     batch_size: int = 4
     lr: float = 0.05
-    seed: int = 0
-    checkpoint: str = "demo"  # or a path to a frcnn_lite checkpoint
+    seed: int = 0  # the heads' initialisation and the batch order
+    checkpoint: str = "demo"  # or the path of a frcnn_lite checkpoint
 
     def __post_init__(self):
-        if self.detector not in ("two_stage", "one_stage"):
-            raise ValueError(f"detector must be 'two_stage' or 'one_stage', got {self.detector!r}.")
-        if self.heads not in ("rpn", "all"):
-            raise ValueError(f"heads must be 'rpn' (fresh RPN, the checkpoint's detector head) "
-                             f"or 'all' (both heads fresh), got {self.heads!r}.")
-        if self.dataset not in DATASETS:
-            raise ValueError(f"dataset must be one of {DATASETS}, got {self.dataset!r}.")
-        for name in ("scales", "ratios"):
-            value = getattr(self, name)
-            if value is not None:  # tuples of floats, so (16, 32) and (16.0, 32.0) hash alike
-                object.__setattr__(self, name, tuple(float(v) for v in value))
+        _check_frozen_config(self)
+        _as_float_tuples(self, "scales", "ratios")  # (16,) keys as (16.0,)
 
-    def to_dict(self) -> dict:
-        return {k: list(v) if isinstance(v, tuple) else v
-                for k, v in dataclasses.asdict(self).items()}
-
-    def key(self) -> str:
-        """Hash of every field *and* of the checkpoint's weights: a new demo model, new runs."""
-        text = json.dumps({**self.to_dict(), "weights": checkpoint_fingerprint(self.checkpoint)},
-                          sort_keys=True)
-        return hashlib.sha1(text.encode()).hexdigest()[:16]
-
-    def training_key(self) -> str:
-        """The key without the test-time proposal count (those runs share trained heads)."""
-        return dataclasses.replace(self, post_nms_top_n_test=0).key()
+    def fingerprint(self) -> dict:
+        """The key hashes the weights too: a new demo model, new runs."""
+        return {"weights": checkpoint_fingerprint(self.checkpoint)}
 
     def run(self, device, memo: dict) -> dict:
-        """Train the heads on cached features, evaluate; the metrics of one row."""
-        previous = torch.get_num_threads()
-        torch.set_num_threads(NUM_THREADS)
-        try:
-            return self._run(device, memo)
-        finally:
-            torch.set_num_threads(previous)
+        """Train the heads on cached features, evaluate: one row's metrics."""
+        return run_frozen(self, device, memo)
 
-    def _run(self, device, memo: dict) -> dict:
-        detector = load_detector(self, memo)
-        bank_train = feature_bank(self, "train", device, memo)
-        bank_test = feature_bank(self, "test", device, memo)
-        start = time.perf_counter()
-        model = build_heads(self, detector).to(device)
-        state = memo.get(("heads", self.training_key()))
-        if state is not None:  # only post_nms_top_n_test differs: reuse the heads
-            model.load_state_dict(state["weights"])
-            train_seconds = state["seconds"]
-        else:
-            train_heads(model, bank_train, self)
-            train_seconds = time.perf_counter() - start
-            memo[("heads", self.training_key())] = {
-                "weights": {k: v.detach().clone() for k, v in model.state_dict().items()},
-                "seconds": train_seconds}
-        eval_start = time.perf_counter()
-        row = evaluate_heads(model, bank_test)
-        return {**row, "train_seconds": round(train_seconds, 1),
-                "seconds": round(train_seconds + time.perf_counter() - eval_start, 1),
-                "scales_used": list(self.scales or detector.config.scales),
-                "feature_seconds": round(bank_train["seconds"] + bank_test["seconds"], 1)}
+
+def _check_frozen_config(config: FrozenBackboneConfig) -> None:
+    """The choices of a :class:`FrozenBackboneConfig` are among the known ones."""
+    if config.detector not in ("two_stage", "one_stage"):
+        raise ValueError(f"detector must be 'two_stage' or 'one_stage', got {config.detector!r}.")
+    if config.heads not in ("rpn", "all"):
+        raise ValueError(f"heads must be 'rpn' (fresh RPN, the checkpoint's detector head) "
+                         f"or 'all' (both heads fresh), got {config.heads!r}.")
+    if config.dataset not in DATASETS:
+        raise ValueError(f"dataset must be one of {DATASETS}, got {config.dataset!r}.")
+
+
+def _as_float_tuples(config, *names: str) -> None:
+    """Store each named field (a sequence or None) of a frozen dataclass as a float tuple."""
+    for name in names:
+        value = getattr(config, name)
+        if value is not None:
+            object.__setattr__(config, name, tuple(float(v) for v in value))
+
+
+def run_frozen(config: FrozenBackboneConfig, device, memo: dict) -> dict:
+    """One row: train ``config``'s heads on cached features (or reuse ``memo``'s), evaluate.
+
+    Runs with :data:`NUM_THREADS` torch threads and restores the setting.
+    """
+    previous = torch.get_num_threads()
+    torch.set_num_threads(NUM_THREADS)
+    try:
+        return _run_frozen(config, device, memo)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _run_frozen(config: FrozenBackboneConfig, device, memo: dict) -> dict:
+    detector = load_detector(config, memo)
+    bank_train = feature_bank(config, "train", device, memo)
+    bank_test = feature_bank(config, "test", device, memo)
+    start = time.perf_counter()
+    model = build_heads(config, detector).to(device)
+    state = memo.get(("heads", config.training_key()))
+    if state is not None:  # only post_nms_top_n_test differs: reuse the heads
+        model.load_state_dict(state["weights"])
+        train_seconds = state["seconds"]
+    else:
+        train_heads(model, bank_train, config)
+        train_seconds = time.perf_counter() - start
+        memo[("heads", config.training_key())] = {
+            "weights": {k: v.detach().clone() for k, v in model.state_dict().items()},
+            "seconds": train_seconds}
+    eval_start = time.perf_counter()
+    row = evaluate_heads(model, bank_test)
+    return {**row, "train_seconds": round(train_seconds, 1),
+            "seconds": round(train_seconds + time.perf_counter() - eval_start, 1),
+            "scales_used": list(config.scales or detector.config.scales),
+            "feature_seconds": round(bank_train["seconds"] + bank_test["seconds"], 1)}
 
 
 def paper_like_scales(scales) -> Tuple[Tuple[float, ...], float]:
@@ -231,40 +237,55 @@ def feature_bank(config: FrozenBackboneConfig, split: str, device, memo: dict) -
 
 
 def build_heads(config: FrozenBackboneConfig, detector: FasterRCNN):
-    """A detector sharing ``detector``'s frozen backbone, with fresh heads for ``config``.
+    """A detector on ``detector``'s frozen backbone, with fresh heads.
 
-    Two-stage: :class:`FasterRCNN` with the checkpoint's configuration except the
-    ablated fields. One-stage: :class:`OneStageDetector` with the same anchors and
-    input size. Initialisation is seeded by ``config.seed``.
+    Two-stage: a :class:`FasterRCNN` with the checkpoint's settings but the
+    ablated fields of ``config``; one-stage: a :class:`OneStageDetector` with
+    the same anchors and input size. Fresh layers are seeded by
+    ``config.seed``. The RPN's 3x3 conv does not depend on the anchors: every
+    model keeps the checkpoint's, frozen. Its 1x1 layers (2A and 4A outputs)
+    are what the anchor settings change: fresh.
     """
+    torch.manual_seed(config.seed)
+    if config.detector == "one_stage":
+        model = _one_stage_heads(config, detector)
+        conv = model.conv  # the same 3x3 window as the RPN's
+    else:
+        settings = _ablated_settings(config, detector)
+        model = FasterRCNN(detector.backbone, **settings)
+        conv = model.rpn.head.conv
+    conv.load_state_dict(detector.rpn.head.conv.state_dict())
+    conv.requires_grad_(False)
+    if config.detector == "two_stage" and config.heads == "rpn":
+        # step 3 of §3.2: only the RPN's own layers learn
+        model.roi_heads.load_state_dict(detector.roi_heads.state_dict())
+        model.roi_heads.requires_grad_(False)
+    return model
+
+
+def _one_stage_heads(config: FrozenBackboneConfig, detector: FasterRCNN) -> OneStageDetector:
+    """Table 10's one-stage detector on ``detector``'s backbone, anchors and input size."""
+    base = detector.config
+    return OneStageDetector(detector.backbone, base.num_classes,
+                            scales=config.scales if config.scales is not None else base.scales,
+                            ratios=config.ratios, min_size=base.min_size,
+                            max_size=base.max_size, lambda_reg=config.lambda_reg / 10.0,
+                            batch_size_per_image=base.rpn_batch_size_per_image)
+
+
+def _ablated_settings(config: FrozenBackboneConfig, detector: FasterRCNN) -> dict:
+    """``FasterRCNN``'s keyword arguments: the checkpoint's settings with ``config``'s
+    ablated fields (the backbone is left out: the module itself is passed, shared)."""
     base = detector.config
     scales = config.scales if config.scales is not None else base.scales
     post = config.post_nms_top_n_test or base.post_nms_top_n_test
-    torch.manual_seed(config.seed)
-    trained_conv = detector.rpn.head.conv.state_dict()  # anchor-independent: shared start
-    if config.detector == "one_stage":
-        model = OneStageDetector(detector.backbone, base.num_classes, scales=scales,
-                                 ratios=config.ratios, min_size=base.min_size,
-                                 max_size=base.max_size, lambda_reg=config.lambda_reg / 10.0,
-                                 batch_size_per_image=base.rpn_batch_size_per_image)
-        model.conv.load_state_dict(trained_conv)  # the same 3x3 window as the RPN's
-        model.conv.requires_grad_(False)
-        return model
     settings = dataclasses.replace(base, scales=tuple(scales), ratios=tuple(config.ratios),
                                    lambda_reg=config.lambda_reg, post_nms_top_n_test=post,
                                    pre_nms_top_n_test=max(base.pre_nms_top_n_test, post),
                                    roi_pool_impl="torchvision")  # same numbers (ch. 7), faster
     fields = {f.name: getattr(settings, f.name) for f in dataclasses.fields(settings)}
-    fields.pop("backbone")  # the module itself is passed: shared and frozen
-    model = FasterRCNN(detector.backbone, **fields)
-    # The RPN's 3x3 conv does not depend on the anchors: keep the checkpoint's, frozen. The
-    # 1x1 layers (2A and 4A outputs) are what the anchor settings change: fresh.
-    model.rpn.head.conv.load_state_dict(trained_conv)
-    model.rpn.head.conv.requires_grad_(False)
-    if config.heads == "rpn":  # step 3 of §3.2: only the RPN's own layers learn
-        model.roi_heads.load_state_dict(detector.roi_heads.state_dict())
-        model.roi_heads.requires_grad_(False)
-    return model
+    fields.pop("backbone")
+    return fields
 
 
 def head_parameters(model) -> List[torch.nn.Parameter]:
@@ -297,22 +318,27 @@ def rpn_losses(rpn, features: torch.Tensor, sizes, targets) -> Dict[str, torch.T
 
 
 def train_heads(model, bank: Dict, config: FrozenBackboneConfig) -> List[float]:
-    """SGD on the heads only (momentum 0.9, weight decay 5e-4), warm-up, 10x drop at 3/4."""
+    """SGD on the heads only: momentum 0.9, weight decay 5e-4, a linear
+    warm-up, and the paper's 10x drop at 3/4 of the iterations (§3.1.3).
+
+    ``bank``: :func:`feature_bank`'s cached feature maps. Returns the losses.
+    """
     from frcnn_lite.train import TrainConfig, batch_indices
 
     model.train()
     model.backbone.eval()  # frozen: BatchNorm statistics must not move either
-    params = head_parameters(model)
-    optimizer = torch.optim.SGD(params, lr=config.lr, momentum=0.9, weight_decay=5e-4)
-    schedule = TrainConfig(iterations=config.iterations, lr=config.lr,  # the paper's step
+    optimizer = torch.optim.SGD(head_parameters(model), lr=config.lr,
+                                momentum=0.9, weight_decay=5e-4)
+    schedule = TrainConfig(iterations=config.iterations, lr=config.lr,
                            warmup_iterations=max(1, config.iterations // 10))
-    features = bank["features"]
-    history = []
+    features, history = bank["features"], []
     for iteration in range(config.iterations):
         for group in optimizer.param_groups:
             group["lr"] = config.lr * schedule.lr_factor(iteration)
-        idx = batch_indices(iteration, len(features), config.batch_size, config.seed)
-        losses = head_losses(model, features[idx], [bank["sizes"][i] for i in idx],
+        idx = batch_indices(iteration, len(features), config.batch_size,
+                            config.seed)
+        losses = head_losses(model, features[idx],
+                             [bank["sizes"][i] for i in idx],
                              [bank["targets"][i] for i in idx])
         loss = sum(losses.values())
         optimizer.zero_grad(set_to_none=True)

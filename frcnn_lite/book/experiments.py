@@ -1,8 +1,8 @@
 """Ablation grids: train small detectors under several settings and tabulate the results.
 
-Paper: Table VIII (anchor scales and ratios), Table IX (lambda in Eq. 1),
-Table III (number of test-time proposals), Table X (one stage vs two), and
-§4.2 (an extra 64² anchor scale for COCO's small objects). Chapter 11 runs
+Paper (arXiv v3 table numbers): Table 8 (anchor scales and ratios), Table 9
+(lambda in Eq. 1), Table 2 (number of test-time proposals), Table 10 (one
+stage vs two), and §4.2 (an extra 64² anchor scale for COCO's small objects). Chapter 11 runs
 each in miniature on the shapes dataset; the instructor guide assigns them.
 
     rows = run_grid([ExperimentConfig(scales=(32, 64)), ExperimentConfig(scales=(16, 32, 64))])
@@ -20,9 +20,9 @@ Two kinds of configuration run through the same grid, cache and table:
 :class:`ExperimentConfig` trains a whole small detector from scratch, and
 :class:`frcnn_lite.book.ablations.FrozenBackboneConfig` keeps a trained backbone
 frozen and trains only the heads the ablation changes (the paper's steps 3
-and 4, §3.2), which is what makes the ablations measurable on a CPU. Each
-configuration knows how to ``run(device, memo)``; this module caches and
-tabulates.
+and 4, §3.2), which is what makes the ablations measurable on a CPU. Both
+are :class:`GridRun` dataclasses: each knows how to ``run(device, memo)``;
+this module caches and tabulates.
 
 Results are cached on disk, one JSON file per configuration named by a hash
 of it, so a notebook that is run again reads them instead of retraining. The
@@ -51,12 +51,34 @@ import torch
 
 DEFAULT_CACHE = Path(os.environ.get("FRCNN_LITE_CACHE", Path.home() / ".cache" / "frcnn_lite")) \
     / "ablations"
-SHIPPED_RESULTS = Path(__file__).resolve().parent.parent / "data" / "ablations"
+SHIPPED_RESULTS = Path(__file__).resolve().parents[2] / "data" / "ablations"
 SIZE_BUCKETS = ("small", "medium", "large")  # COCO's area ranges, in pycocotools' order
 
 
+class GridRun:
+    """What :func:`run_grid` needs of a configuration (a frozen dataclass that
+    defines ``run(device, memo) -> dict``): its fields as JSON, and hashes."""
+
+    def to_dict(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v
+                for k, v in dataclasses.asdict(self).items()}
+
+    def fingerprint(self) -> dict:
+        """What else the results depend on, hashed into :meth:`key` (nothing here)."""
+        return {}
+
+    def key(self) -> str:
+        """A stable hash of every field (and the fingerprint): the cache file name."""
+        text = json.dumps({**self.to_dict(), **self.fingerprint()}, sort_keys=True)
+        return hashlib.sha1(text.encode()).hexdigest()[:16]
+
+    def training_key(self) -> str:
+        """The key without the test-time proposal count (those runs share trained weights)."""
+        return dataclasses.replace(self, post_nms_top_n_test=0).key()
+
+
 @dataclass(frozen=True)
-class ExperimentConfig:
+class ExperimentConfig(GridRun):
     """One run of the grid: model settings (paper names), data and training budget.
 
     Defaults are a miniature of the paper's setting sized for a CPU: 128 x 128
@@ -66,7 +88,7 @@ class ExperimentConfig:
     raise ``iterations`` (on a GPU) for a real ablation.
     """
 
-    detector: str = "two_stage"  # or "one_stage" (Table X)
+    detector: str = "two_stage"  # or "one_stage" (Table 10)
     scales: Tuple[float, ...] = (16.0, 32.0, 64.0)
     ratios: Tuple[float, ...] = (0.5, 1.0, 2.0)
     lambda_reg: float = 10.0
@@ -80,19 +102,6 @@ class ExperimentConfig:
     lr: float = 0.02
     widths: Tuple[int, ...] = (8, 16, 32, 32, 64, 64, 64)  # the tiny backbone, thinner
     seed: int = 0
-
-    def key(self) -> str:
-        """A stable hash of every field: the cache file name."""
-        text = json.dumps(self.to_dict(), sort_keys=True)
-        return hashlib.sha1(text.encode()).hexdigest()[:16]
-
-    def training_key(self) -> str:
-        """The hash of the fields that change training (not the test-time proposal count)."""
-        return dataclasses.replace(self, post_nms_top_n_test=0).key()
-
-    def to_dict(self) -> dict:
-        return {k: list(v) if isinstance(v, tuple) else v
-                for k, v in dataclasses.asdict(self).items()}
 
     def run(self, device, memo: dict) -> dict:
         """Train from scratch (or reuse ``memo``'s weights for test-time changes), evaluate."""
@@ -155,7 +164,7 @@ def build_model(config: ExperimentConfig, num_classes: int = 5) -> torch.nn.Modu
 
 
 def train(model: torch.nn.Module, dataset, config: ExperimentConfig, device) -> List[float]:
-    """SGD (momentum 0.9, weight decay 5e-4), linear warm-up, one 10x drop at 3/4 (§3.3)."""
+    """SGD (momentum 0.9, weight decay 5e-4), linear warm-up, one 10x drop at 3/4 (§3.1.3)."""
     from frcnn_lite.train import TrainConfig, batch_indices
 
     model.to(device).train()
@@ -217,7 +226,7 @@ def metrics(predictions: List[dict], targets: List[dict], proposals: Optional[Li
 
 def run_experiment(config, *, cache_dir: Union[str, Path, None] = None, device=None,
                    memo: Optional[dict] = None) -> dict:
-    """Run one configuration (any object with ``key()``, ``to_dict()`` and ``run(device,
+    """Run one configuration (a :class:`GridRun`: ``key()``, ``to_dict()`` and ``run(device,
     memo)``), or read its cached result; the row is written to the cache atomically."""
     from frcnn_lite.utils import pick_device
 

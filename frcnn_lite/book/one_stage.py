@@ -1,6 +1,7 @@
 """A one-stage detector: the RPN's sliding window, asked for K + 1 classes directly.
 
-Paper: §4.1, Table X ("one-stage detection vs. two-stage proposal + detection").
+Paper: §4.1, Table 10 (one-stage detection against two-stage proposal +
+detection).
 The paper's one-stage baseline classifies and regresses *dense* sliding
 windows (3 scales x 3 ratios at every position of the conv feature map), as
 OverFeat did, instead of first proposing regions and then pooling each one:
@@ -18,7 +19,7 @@ anchor and runs the Fast R-CNN post-processing (score > 0.05, per-class NMS at
 Shape glossary: ``B`` images, ``C`` channels, ``Hf, Wf`` feature size, ``A``
 anchors per position, ``N = Hf * Wf * A`` anchors per image, ``K`` classes.
 
-Built in chapter 11 (Table X).
+Built in chapter 11 (Table 10).
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from frcnn_lite.transform import check_inputs, map_boxes_back, transform
 
 
 class OneStageDetector(nn.Module):
-    """Dense sliding-window detection (Table X's one-stage system) on ``backbone``.
+    """Dense sliding-window detection (the one-stage system of Table 10) on ``backbone``.
 
     Train mode: ``model(images, targets) -> {"loss_classifier", "loss_box_reg"}``;
     eval mode: ``model(images) -> [{"boxes", "labels", "scores"}]`` in original
@@ -68,13 +69,15 @@ class OneStageDetector(nn.Module):
         self.detections_per_img, self.pre_nms_top_n = detections_per_img, pre_nms_top_n
 
     def head(self, features: torch.Tensor):
-        """``(B, C, Hf, Wf) -> logits (B, N, K + 1), deltas (B, N, 4)`` in grid_anchors order."""
+        """``(B, C, Hf, Wf) -> logits (B, N, K + 1), deltas (B, N, 4)``, the
+        ``N = Hf * Wf * A`` anchors in :func:`grid_anchors` order."""
         b, _, h, w = features.shape
-        a = self.base_anchors.shape[0]
-        hidden = F.relu(self.conv(features))
-        logits = self.cls_logits(hidden).reshape(b, a, self.num_classes + 1, h, w)
+        a, k1 = self.base_anchors.shape[0], self.num_classes + 1
+        hidden = F.relu(self.conv(features))  # (B, C, Hf, Wf)
+        logits = self.cls_logits(hidden).reshape(b, a, k1, h, w)
         deltas = self.bbox_pred(hidden).reshape(b, a, 4, h, w)
-        logits = logits.permute(0, 3, 4, 1, 2).reshape(b, h * w * a, self.num_classes + 1)
+        # (B, A, ., Hf, Wf) -> (B, Hf, Wf, A, .): by row, column, then anchor
+        logits = logits.permute(0, 3, 4, 1, 2).reshape(b, h * w * a, k1)
         deltas = deltas.permute(0, 3, 4, 1, 2).reshape(b, h * w * a, 4)
         return logits, deltas
 
