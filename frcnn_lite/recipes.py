@@ -81,6 +81,15 @@ class Recipe:
                              seed=self.dataset_seed)
         return CachedDataset(data) if split == "train" else data
 
+    def data_record(self, name: str, **extra) -> dict:
+        """What the trained model records about its data (``export_model(data=...)``):
+        the shapes classes, the image size the model was trained on (256 px for the
+        demo recipe, upsampled by the model to its ``min_size``) and the seed, so
+        that ``python -m frcnn_lite evaluate`` draws the same kind of test images."""
+        return {"kind": "shapes", "recipe": name, "classes": list(ShapesDataset.classes),
+                "image_size": [self.image_size, self.image_size],
+                "dataset_seed": self.dataset_seed, **extra}
+
     def alternating(self, config: Optional[TrainConfig] = None) -> Dict[str, TrainConfig]:
         """Per-step schedules of the 4-step scheme: each step gets the joint run's
         length split so that the total number of mini-batches is comparable."""
@@ -120,13 +129,17 @@ RECIPES: Dict[str, Recipe] = {
 
 
 @torch.no_grad()
-def predict_dataset(model: FasterRCNN, dataset, *, batch_size: int = 8, device=None
-                    ) -> Tuple[List[dict], List[dict]]:
+def predict_dataset(model: FasterRCNN, dataset, *, batch_size: int = 8, device=None,
+                    progress: bool = False) -> Tuple[List[dict], List[dict]]:
     """Run ``model`` (eval mode) over a dataset: ``(predictions, targets)`` on the CPU."""
+    from tqdm.auto import tqdm
+
     device = torch.device(device) if device is not None else next(model.parameters()).device
     model.to(device).eval()
     predictions, targets = [], []
-    for start in range(0, len(dataset), batch_size):
+    starts = range(0, len(dataset), batch_size)
+    for start in tqdm(starts, desc="predict", disable=not progress, leave=False,
+                      unit="batch"):
         items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
         outputs = model([image.to(device) for image, _ in items])
         predictions += [{k: v.cpu() for k, v in out.items()} for out in outputs]
