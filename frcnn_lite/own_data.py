@@ -106,7 +106,10 @@ def voc_class_names(root: PathLike, split: str) -> tuple:
         xml = root / "Annotations" / f"{name}.xml"
         if not xml.is_file():
             raise DataError(f"annotation {xml} (listed in {index.name}) is missing.")
-        names.update(obj["name"] for obj in parse_voc_xml(xml)["objects"])
+        if xml.stat().st_size == 0:
+            raise DataError(f"annotation {xml} (listed in {index.name}) is empty (0 bytes); "
+                            f"export it again, or remove {name} from {index.name}.")
+        names.update(obj["name"] for obj in _build(parse_voc_xml, xml)["objects"])
     if not names:
         raise DataError(f"the {len(listed)} annotation files of {index} hold no objects: "
                         f"there is nothing to learn; label some objects first.")
@@ -195,7 +198,7 @@ def open_dataset(path: PathLike, *, images: Optional[PathLike] = None,
             raise DataError(f"{path} has no annotations: none of its {len(data['images'])} "
                             f"images has a labelled object; there is nothing to learn.")
         folder = find_coco_images(path, images)
-        dataset = COCODetection(path, folder, include_crowd=not training)
+        dataset = _build(COCODetection, path, folder, include_crowd=not training)
         if classes is not None and tuple(dataset.classes) != tuple(classes):
             raise DataError(f"{path}: its categories {list(dataset.classes)} (in id order) are not "
                             f"the model's classes {list(classes)}; evaluate with a file whose "
@@ -204,7 +207,7 @@ def open_dataset(path: PathLike, *, images: Optional[PathLike] = None,
     else:
         split = _default_voc_split(path, split)
         names = tuple(classes) if classes is not None else voc_class_names(path, split)
-        dataset = VOCDetection(path, split, classes=names, keep_difficult=not training)
+        dataset = _build(VOCDetection, path, split, classes=names, keep_difficult=not training)
         if len(dataset) == 0:
             raise DataError(f"{path}/ImageSets/Main/{split}.txt lists no images.")
         dataset.source = f"VOC folder {path} (split {split!r})"
@@ -224,6 +227,17 @@ def left_out_of_training(dataset) -> int:
         return sum(o["difficult"] for name in base.ids for o in
                    parse_voc_xml(base.root / "Annotations" / f"{name}.xml")["objects"])
     return 0
+
+
+def _build(loader, *args, **kwargs):
+    """A loader of :mod:`frcnn_lite.real_data`; its errors (which name the file and the
+    object) become :class:`DataError`."""
+    try:
+        return loader(*args, **kwargs)
+    except DataError:
+        raise
+    except (ValueError, FileNotFoundError, KeyError, TypeError) as error:
+        raise DataError(str(error).strip("'\"")) from error
 
 
 def check_dataset(dataset, role: str = "training data", *, progress: bool = False) -> dict:
