@@ -102,7 +102,7 @@ class Explorer:
 
     def __init__(self, image: torch.Tensor, controls: Sequence[Control], *, title: str = "",
                  gt_boxes: Optional[torch.Tensor] = None, bars_title: str = "",
-                 bars_xlabel: str = "", width: int = 380):
+                 bars_xlabel: str = "", width: int = 340):
         names = [c.name for c in controls]
         if len(set(names)) != len(names):
             raise ValueError(f"control names must be unique, got {names}.")
@@ -329,7 +329,7 @@ def _jpeg_data_uri(image: torch.Tensor, quality: int = 85) -> str:
 
 
 def _fmt(values: Sequence[float]) -> str:
-    return ", ".join(f"{v:.2g}" if v < 1 else f"{v:g}" for v in values)
+    return ",".join(f"{v:.2g}" if v < 1 else f"{v:g}" for v in values)
 
 
 def anchor_explorer(image: torch.Tensor, gt_boxes: torch.Tensor, coverage_boxes: torch.Tensor,
