@@ -6,7 +6,8 @@ import torch
 from frcnn_lite.model import FasterRCNN
 from frcnn_lite.recipes import RECIPES
 from frcnn_lite.book.speed import (PAPER_TABLE_V, STAGES, TABLE_V_GROUPS, compare, machine_info,
-                              measure, stage_times, table_v, torchvision_twin)
+                                   measure, predict_stages, stage_times, table_v,
+                                   torchvision_twin)
 
 
 def small_model():
@@ -31,6 +32,10 @@ def test_measure_bad_arguments():
         measure(lambda: None, repeat=0)
     with pytest.raises(ValueError, match="clock must be"):
         measure(lambda: None, clock="gpu")
+    with pytest.raises(ValueError, match="repeat >= 1"):
+        compare({"a": lambda: None}, repeat=0)
+    with pytest.raises(ValueError, match="clock must be"):
+        stage_times(small_model(), [torch.rand(3, 64, 64)], clock="gpu")
 
 
 def test_paper_table_v_adds_up():
@@ -47,6 +52,23 @@ def test_stage_times_cover_predict():
     row = table_v(stages)
     assert row["sum"] == pytest.approx(sum(stages[s] for s in STAGES))
     assert set(row) == {"conv", "proposal", "region-wise", "sum", "total"}
+
+
+def test_predict_stages_in_order_are_predict():
+    model = small_model()
+    images = [torch.rand(3, 128, 128), torch.rand(3, 100, 128)]
+    state = {}
+    runs = predict_stages(model, images, state)
+    assert list(runs) == list(STAGES)
+    with torch.inference_mode():
+        for run in runs.values():
+            run()
+        expected = model.predict(images)
+    assert len(state["detections"]) == len(expected) == 2
+    for got, want in zip(state["detections"], expected):
+        assert set(got) == set(want) == {"boxes", "labels", "scores"}
+        for key in want:
+            assert torch.equal(got[key], want[key]), key
 
 
 def test_torchvision_twin_is_built_like_ours():
