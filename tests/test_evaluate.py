@@ -458,3 +458,5 @@ def test_bad_settings():
         evaluate_voc([GOOD_P], [GOOD_T], 0)
     with pytest.raises(ValueError, match="bg_iou"):
         error_breakdown([GOOD_P], [GOOD_T], 1, bg_iou=0.6)
+    with pytest.raises(ValueError, match="iou_thresh=1.5"):
+        error_breakdown([GOOD_P], [GOOD_T], 1, iou_thresh=1.5)
