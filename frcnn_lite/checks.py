@@ -303,3 +303,96 @@ def check_roi_pool_inputs(features: torch.Tensor, rois: torch.Tensor, output_siz
                          f"{features.shape[0]} image(s): the first column must be an integer in "
                          f"[0, {features.shape[0] - 1}], the image each box belongs to.")
     return size
+
+
+# -- the Fast R-CNN head (fast_rcnn.py) --------------------------------------------------------
+def check_sampler_settings(batch_size_per_image, positive_fraction, fg_iou, bg_iou_hi,
+                           bg_iou_lo) -> None:
+    """RoI sampling settings: a positive batch, a fraction, ordered IoU thresholds."""
+    if batch_size_per_image < 1 or not 0.0 <= positive_fraction <= 1.0:
+        raise ValueError(f"need batch_size_per_image >= 1 and 0 <= positive_fraction <= 1, got "
+                         f"{batch_size_per_image} and {positive_fraction} (the paper: 128 and "
+                         f"0.25).")
+    if not 0.0 <= bg_iou_lo < bg_iou_hi <= fg_iou <= 1.0:
+        raise ValueError(f"need 0 <= bg_iou_lo < bg_iou_hi <= fg_iou <= 1, got bg_iou_lo="
+                         f"{bg_iou_lo}, bg_iou_hi={bg_iou_hi}, fg_iou={fg_iou} (the paper: 0.1, "
+                         f"0.5, 0.5).")
+
+
+def check_roi_sampling(proposals, targets, num_classes, batch_size_per_image, positive_fraction,
+                       fg_iou, bg_iou_hi, bg_iou_lo) -> None:
+    """All of :func:`~frcnn_lite.fast_rcnn.sample_rois`' input checks."""
+    if len(proposals) != len(targets):
+        raise ValueError(f"got proposals for {len(proposals)} images but targets for "
+                         f"{len(targets)}; give one (P_i, 4) proposal tensor and one target dict "
+                         f"per image.")
+    check_sampler_settings(batch_size_per_image, positive_fraction, fg_iou, bg_iou_hi, bg_iou_lo)
+    for i, (props, target) in enumerate(zip(proposals, targets)):
+        check_boxes(props, f"proposals[{i}]", allow_degenerate=True)
+        if num_classes is not None:
+            check_target(target, num_classes, f"targets[{i}]")
+
+
+def check_head_settings(num_classes: int, roi_pool_impl: str) -> None:
+    if num_classes < 1:
+        raise ValueError(f"num_classes is the number of object classes K >= 1 (background is "
+                         f"added by the head), got {num_classes}.")
+    if roi_pool_impl not in ("ours", "torchvision"):
+        raise ValueError(f"roi_pool_impl must be 'ours' or 'torchvision', got "
+                         f"{roi_pool_impl!r}.")
+
+
+def check_head_features(features: torch.Tensor, rois, in_channels: int) -> None:
+    """Features ``(B, in_channels, Hf, Wf)`` and one ``(R_i, 4)`` box tensor per image."""
+    if features.dim() != 4 or features.shape[1] != in_channels:
+        raise ValueError(f"features must be (B, {in_channels}, Hf, Wf) for this head, got "
+                         f"{tuple(features.shape)}; build the head with the backbone's "
+                         f"out_channels.")
+    if len(rois) != features.shape[0]:
+        raise ValueError(f"got RoIs for {len(rois)} images but features for "
+                         f"{features.shape[0]}; give one (R_i, 4) tensor per image, empty ones "
+                         f"included.")
+
+
+def check_head_state_dict(state_dict: dict, prefix: str, num_classes: int) -> None:
+    """A checkpoint for another class count: say what it means and how to use it."""
+    key = prefix + "cls_score.weight"
+    if key in state_dict and state_dict[key].shape[0] != num_classes + 1:
+        k = state_dict[key].shape[0] - 1
+        raise ValueError(
+            f"checkpoint has K={k} classes, head has K={num_classes} ({key} has {k + 1} "
+            f"rows: K classes + background). Build the model with num_classes={k} to use this "
+            f"checkpoint, or to fine-tune on {num_classes} classes drop the keys "
+            f"'{prefix}cls_score.*' and '{prefix}bbox_pred.*' and load with strict=False.")
+
+
+def check_fast_rcnn_loss_inputs(class_logits, box_deltas, labels, regression_targets):
+    """Shapes of Fast R-CNN's loss inputs; per-image lists are joined. Returns
+    ``(labels (R,), regression_targets (R, 4))``."""
+    if isinstance(labels, (list, tuple)):
+        labels = torch.cat(list(labels))
+    if isinstance(regression_targets, (list, tuple)):
+        regression_targets = torch.cat(list(regression_targets))
+    num_rois, num_scores = class_logits.shape
+    num_classes = num_scores - 1
+    if box_deltas.shape != (num_rois, 4 * num_classes):
+        raise ValueError(f"box_deltas must be (R, 4K) = ({num_rois}, {4 * num_classes}) for "
+                         f"class_logits (R, K + 1) = {tuple(class_logits.shape)}, got "
+                         f"{tuple(box_deltas.shape)}.")
+    if labels.shape != (num_rois,) or regression_targets.shape != (num_rois, 4):
+        raise ValueError(f"labels must be (R,) and regression_targets (R, 4) with R = "
+                         f"{num_rois}, got {tuple(labels.shape)} and "
+                         f"{tuple(regression_targets.shape)}.")
+    return labels, regression_targets
+
+
+def check_head_outputs(class_logits, box_deltas, rois, image_sizes) -> None:
+    """The head's outputs ``(R, K + 1)``, ``(R, 4K)`` for the given RoIs and images."""
+    if len(rois) != len(image_sizes):
+        raise ValueError(f"got RoIs for {len(rois)} images but {len(image_sizes)} image sizes.")
+    total = sum(r.shape[0] for r in rois)
+    num_classes = class_logits.shape[1] - 1
+    if class_logits.shape[0] != total or box_deltas.shape != (total, 4 * num_classes):
+        raise ValueError(f"class_logits {tuple(class_logits.shape)} and box_deltas "
+                         f"{tuple(box_deltas.shape)} must be (R, K + 1) and (R, 4K) with R = "
+                         f"{total}, the number of RoIs given.")
