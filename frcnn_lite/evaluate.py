@@ -3,7 +3,7 @@ proposal recall, and a breakdown of a detector's errors.
 
 The paper reports mAP at IoU 0.5 on PASCAL VOC 2007 test with that year's
 11-point rule (§4.1; VOC 2012 results are scored by its server with the area
-rule), COCO's AP averaged over IoU 0.50:0.05:0.95 and AP@0.5 (§4.2, Table XI),
+rule), COCO's AP averaged over IoU 0.50:0.05:0.95 and AP@0.5 (§4.2, Table 11),
 and the recall of proposals against IoU (§4.1, Fig. 4).
 
 Formats: a prediction is ``{"boxes": (D, 4), "labels": (D,) int64 in 1..K,
@@ -129,7 +129,7 @@ def evaluate_voc(predictions: Sequence[dict], targets: Sequence[dict], num_class
 def evaluate_coco(predictions: Sequence[dict], targets: Sequence[dict],
                   num_classes: int, *,
                   class_names: Optional[Sequence[str]] = None) -> dict:
-    """COCO evaluation (§4.2, Table XI) by pycocotools' ``COCOeval``, in memory.
+    """COCO evaluation (§4.2, Table 11) by pycocotools' ``COCOeval``, in memory.
 
     Our boxes become COCO's ``[x, y, w, h]``; image ids are positions in the
     list, category ids the labels 1..K, a box's area is ``w * h`` (it decides
