@@ -27,6 +27,7 @@ Built in chapter 3 (presets) and chapter 9 (``FasterRCNNConfig``).
 from __future__ import annotations
 
 import dataclasses
+import numbers
 from dataclasses import dataclass
 from typing import Dict, Optional, Tuple
 
@@ -36,12 +37,27 @@ from frcnn_lite.checks import (check_choice, check_int, check_number, check_numb
                                check_order)
 
 
-def _as_tuple(config, *names: str) -> None:
-    """Store list values of ``names`` as tuples (frozen dataclasses must stay hashable)."""
-    for name in names:
-        value = getattr(config, name)
-        if isinstance(value, list):
-            object.__setattr__(config, name, tuple(value))
+def _plain_number(value):
+    """A NumPy or 0-d torch number as the Python number it holds; anything else unchanged.
+
+    Checkpoints store configs as plain values (``torch.load(weights_only=True)``
+    refuses NumPy scalars), so ``num_classes=np.int64(3)`` must become ``3``.
+    """
+    if isinstance(value, numbers.Number) and type(value) not in (int, float, bool, complex):
+        return value.item() if hasattr(value, "item") else value
+    if isinstance(value, torch.Tensor) and value.dim() == 0 and not value.is_complex():
+        return value.item()
+    return value
+
+
+def plain_fields(config, *names: str) -> None:
+    """Store list values of ``names`` as tuples (frozen dataclasses must stay hashable),
+    and every NumPy / 0-d tensor number of the dataclass as a Python number."""
+    for field in dataclasses.fields(config):
+        value = getattr(config, field.name)
+        if field.name in names and isinstance(value, (list, tuple)):
+            value = tuple(_plain_number(v) for v in value)
+        object.__setattr__(config, field.name, _plain_number(value))
 
 
 def check_anchor_settings(owner: str, scales, ratios) -> None:
@@ -80,7 +96,7 @@ class Preset:
     backbone: str
 
     def __post_init__(self):
-        _as_tuple(self, "scales", "ratios")
+        plain_fields(self, "scales", "ratios")
         check_anchor_settings("Preset", self.scales, self.ratios)
         check_input_size("Preset", self.min_size, self.max_size)
         check_int(self.stride, "Preset.stride", minimum=1)
@@ -149,7 +165,7 @@ class FasterRCNNConfig:
     detections_per_img: int = 100
 
     def __post_init__(self):
-        _as_tuple(self, "scales", "ratios")
+        plain_fields(self, "scales", "ratios")
         owner = "FasterRCNNConfig"
         check_int(self.num_classes, f"{owner}.num_classes (K, without background)", minimum=1)
         if not isinstance(self.backbone, str) or not self.backbone:

@@ -27,6 +27,8 @@ from xml.etree import ElementTree as ET
 import numpy as np
 import torch
 
+from frcnn_lite.checks import check_int, check_number
+
 CLASSES: Tuple[str, ...] = ("ellipse", "rectangle", "triangle", "cross", "ring")
 SPLITS: Dict[str, int] = {"train": 0, "val": 1, "test": 2}
 DEFAULT_LENGTHS: Dict[str, int] = {"train": 2000, "val": 200, "test": 200}
@@ -84,6 +86,23 @@ class ShapesDataset(torch.utils.data.Dataset):
                  clutter: int = 6, seed: int = 0):
         if split not in SPLITS:
             raise ValueError(f"split must be one of {sorted(SPLITS)}, got {split!r}.")
+        if num_images is not None:
+            check_int(num_images, "num_images", minimum=0)
+        if not isinstance(image_size, (tuple, list)) or len(image_size) != 2:
+            raise ValueError(f"image_size must be (H, W), got {image_size!r}.")
+        for i, side in enumerate(image_size):
+            check_int(side, f"image_size[{i}]", minimum=32)
+        check_number(min_size, "min_size", low=4)
+        if max_size is not None:
+            check_number(max_size, "max_size", low=4)
+        check_number(max_ratio, "max_ratio", low=1)
+        check_number(max_overlap, "max_overlap", low=0, high=1)
+        check_int(clutter, "clutter", minimum=0)
+        check_int(seed, "seed", minimum=0)
+        if not isinstance(objects_per_image, (tuple, list)) or len(objects_per_image) != 2:
+            raise ValueError(f"objects_per_image must be (min, max), got {objects_per_image!r}.")
+        for i, count in enumerate(objects_per_image):
+            check_int(count, f"objects_per_image[{i}]", minimum=0)
         height, width = (int(image_size[0]), int(image_size[1]))
         if height < 32 or width < 32:
             raise ValueError(f"image_size must be at least (32, 32), got {tuple(image_size)}.")
@@ -114,6 +133,8 @@ class ShapesDataset(torch.utils.data.Dataset):
         return self.num_images
 
     def __getitem__(self, index: int) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+        check_int(index, "the index of a ShapesDataset sample")
+        index = int(index)
         if not -len(self) <= index < len(self):
             raise IndexError(f"index {index} out of range for a split of {len(self)} images.")
         index = index % len(self)
@@ -213,6 +234,9 @@ class ShapesDataset(torch.utils.data.Dataset):
 
 def collate(batch: Sequence[Tuple[torch.Tensor, dict]]) -> Tuple[List[torch.Tensor], List[dict]]:
     """DataLoader ``collate_fn``: keep images and targets as lists (sizes may differ)."""
+    if len(batch) == 0:
+        raise ValueError("collate got an empty batch; a DataLoader batch holds at least one "
+                         "(image, target) sample.")
     images, targets = zip(*batch)
     return list(images), list(targets)
 
@@ -253,6 +277,8 @@ def export_voc(dataset: ShapesDataset, root: str | Path, num_images: Optional[in
     in the book's continuous convention is written ``xmin = x1 + 1, ymin = y1 + 1,
     xmax = x2, ymax = y2``. Returns ``root``.
     """
+    if num_images is not None:
+        check_int(num_images, "num_images", minimum=1)
     root = Path(root)
     for sub in ("JPEGImages", "Annotations", "ImageSets/Main"):
         (root / sub).mkdir(parents=True, exist_ok=True)
@@ -288,6 +314,8 @@ def export_coco(dataset: ShapesDataset, root: str | Path, num_images: Optional[i
     COCO boxes are ``[x, y, w, h]`` in the same continuous pixel coordinates as
     the book's; category ids are the labels 1..K. Returns the JSON path.
     """
+    if num_images is not None:
+        check_int(num_images, "num_images", minimum=1)
     root = Path(root)
     (root / "images").mkdir(parents=True, exist_ok=True)
     count = len(dataset) if num_images is None else min(num_images, len(dataset))

@@ -195,7 +195,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     recipe = RECIPES[args.recipe]
     overrides = {k: v for k, v in (("iterations", args.iterations), ("lr", args.lr),
                                    ("batch_size", args.batch_size)) if v is not None}
-    config = dataclasses.replace(recipe.train, **overrides)
+    try:
+        config = dataclasses.replace(recipe.train, **overrides)
+    except (TypeError, ValueError) as error:  # TrainConfig names the bad value
+        parser.error(str(error))
     seed_everything(config.seed)  # the same initial weights everywhere (DDP also broadcasts)
     model = FasterRCNN(recipe.model)
     trainer = DistributedTrainer(model, recipe.dataset("train", args.num_images), config,

@@ -28,6 +28,7 @@ import copy
 import dataclasses
 import hashlib
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +41,7 @@ from frcnn_lite.checkpoint import (CheckpointError, get_rng_state, load_checkpoi
                                    save_checkpoint, set_rng_state)
 from frcnn_lite.checks import (check_boxes_inside, check_image, check_int, check_number,
                                check_numbers, check_target)
+from frcnn_lite.config import plain_fields
 from frcnn_lite.model import FasterRCNN, load_model
 from frcnn_lite.stages import (GROUPS, STAGES, Stage, _stage, apply_stage, format_table,
                                parameter_groups, stage_table)
@@ -73,8 +75,7 @@ class TrainConfig:
     checkpoint_every: int = 200
 
     def __post_init__(self):
-        if isinstance(self.lr_steps, list):
-            object.__setattr__(self, "lr_steps", tuple(self.lr_steps))
+        plain_fields(self, "lr_steps")  # lists -> tuples, NumPy numbers -> Python numbers
         owner = "TrainConfig"
         check_int(self.iterations, f"{owner}.iterations", minimum=1)
         check_int(self.batch_size, f"{owner}.batch_size (images per mini-batch)", minimum=1)
@@ -171,6 +172,8 @@ class Trainer:
         if proposer is not None:
             proposer.to(self.device).eval().requires_grad_(False)
         self.checkpoint_path = Path(checkpoint_path) if checkpoint_path is not None else None
+        if self.checkpoint_path is not None:
+            _check_writable(self.checkpoint_path)
         self.progress, self.resume, self.check_data = progress, resume, check_data
         self.iteration = 0
         self.resumed_from: Optional[int] = None
@@ -370,6 +373,17 @@ class Trainer:
         self.save()
         self.model.eval()
         return self.history
+
+
+def _check_writable(path: Path) -> None:
+    """Fail before training, not at the first save, when ``path`` cannot be written."""
+    if path.is_dir():
+        raise IsADirectoryError(f"checkpoint_path {path} is a directory; give a file path such "
+                                f"as {path / 'run.pt'}.")
+    folder = next((p for p in [path.parent, *path.parent.parents] if p.exists()), Path("."))
+    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+        raise PermissionError(f"cannot write the checkpoint {path}: {folder} is not a writable "
+                              f"folder; choose another checkpoint_path.")
 
 
 def _plain(values):

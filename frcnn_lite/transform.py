@@ -105,6 +105,9 @@ def check_inputs(images, targets, num_classes: int) -> None:
     for i, image in enumerate(images):
         check_image(image, f"images[{i}]")
     if targets is not None:
+        if not isinstance(targets, (list, tuple)):
+            raise TypeError(f"targets must be a list of dicts, one per image, got "
+                            f"{type(targets).__name__}; wrap a single target as [target].")
         if len(targets) != len(images):
             raise ValueError(f"got {len(images)} images but {len(targets)} targets; "
                              f"give one target dict per image.")

@@ -240,3 +240,68 @@ def test_resuming_on_other_data_is_refused(tmp_path, other, message):
     resumed = Trainer(small_model(), other(), FAST, checkpoint_path=path, progress=False,
                       device="cpu", check_data=False)  # explicit: e.g. random augmentation
     assert len(resumed.fit()) == 2 and resumed.resumed_from == 2
+
+
+# -- more of the same kinds ----------------------------------------------------------------
+def test_numpy_and_tensor_numbers_become_python_numbers_so_checkpoints_load(tmp_path):
+    import numpy as np
+
+    from frcnn_lite.checkpoint import save_checkpoint
+    from frcnn_lite.model import FasterRCNN, load_model
+
+    config = dataclasses.replace(SMALL, num_classes=np.int64(3), ratios=(np.float64(1.0),),
+                                 lambda_reg=torch.tensor(2.0))
+    assert type(config.num_classes) is int and type(config.ratios[0]) is float
+    assert type(config.lambda_reg) is float
+    path = save_checkpoint(tmp_path / "m.pt", FasterRCNN(config))
+    assert load_model(path).config == config  # a NumPy scalar would be refused by weights_only
+    assert type(TrainConfig(iterations=np.int64(3), lr=np.float32(0.5)).iterations) is int
+
+
+def test_checkpoint_path_that_cannot_be_written_fails_before_training(tmp_path):
+    with pytest.raises(IsADirectoryError, match=r"checkpoint_path .* is a directory; give a file"):
+        Trainer(small_model(), small_data(4), FAST, checkpoint_path=tmp_path, progress=False,
+                device="cpu")
+    (tmp_path / "file").write_text("")
+    with pytest.raises(PermissionError, match=r"cannot write the checkpoint .*file.* is not a "
+                                              r"writable folder"):
+        Trainer(small_model(), small_data(4), FAST, checkpoint_path=tmp_path / "file" / "run.pt",
+                progress=False, device="cpu")
+
+
+@pytest.mark.parametrize("kwargs, error, message", [
+    ({"num_images": -5}, ValueError, r"num_images must be an integer >= 0, got -5"),
+    ({"num_images": 2.5}, TypeError, r"num_images must be an integer"),
+    ({"num_images": "10"}, TypeError, r"num_images must be an integer"),
+    ({"seed": -1}, ValueError, r"seed must be an integer >= 0"),
+    ({"image_size": (64,)}, ValueError, r"image_size must be \(H, W\)"),
+    ({"max_overlap": float("nan")}, ValueError, r"max_overlap must be a finite number"),
+    ({"clutter": -1}, ValueError, r"clutter must be an integer >= 0"),
+    ({"objects_per_image": (3,)}, ValueError, r"objects_per_image must be \(min, max\)"),
+    ({"max_ratio": float("inf")}, ValueError, r"max_ratio must be a finite number"),
+])
+def test_shapes_dataset_arguments(kwargs, error, message):
+    with pytest.raises(error, match=message):
+        ShapesDataset("train", **kwargs)
+
+
+def test_shapes_index_collate_and_targets_container():
+    from frcnn_lite.datasets import collate
+
+    data = small_data(3)
+    with pytest.raises(TypeError, match=r"index of a ShapesDataset sample must be an integer"):
+        data[1.0]
+    with pytest.raises(ValueError, match=r"collate got an empty batch"):
+        collate([])
+    image, target = data[0]
+    with pytest.raises(TypeError, match=r"targets must be a list of dicts.*\[target\]"):
+        small_model().train()([image], target)
+
+
+def test_distributed_entry_point_rejects_bad_values_as_usage_errors(capsys):
+    from frcnn_lite.distributed import main
+
+    with pytest.raises(SystemExit) as info:
+        main(["--iterations", "-5"])
+    assert info.value.code == 2
+    assert "TrainConfig.iterations must be an integer >= 1, got -5" in capsys.readouterr().err
