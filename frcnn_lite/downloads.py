@@ -208,6 +208,8 @@ def _finish(part: Path, dest: Path, url: str, md5: Optional[str], sha1: Optional
 
 def fetch(name: str, folder: PathLike, *, timeout: float = 5.0, progress: bool = True) -> Path:
     """Download :data:`RESOURCES` ``[name]`` into ``folder``, trying each mirror in turn."""
+    if name not in RESOURCES:
+        raise ValueError(f"unknown resource {name!r}; known: {sorted(RESOURCES)}.")
     resource = RESOURCES[name]
     errors = []
     for url in resource.urls:
@@ -219,16 +221,45 @@ def fetch(name: str, folder: PathLike, *, timeout: float = 5.0, progress: bool =
     raise DownloadError("\n".join(errors))
 
 
+def _extracting_marker(archive: Path, into: Path) -> Path:
+    return into / f".{archive.name}.extracting"
+
+
+def _interrupted(archive_name: str, into: Path) -> bool:
+    """Whether an extraction of ``archive_name`` into ``into`` was cut off (killed, full disk)."""
+    return (Path(into) / f".{archive_name}.extracting").exists()
+
+
 def _extract(archive: Path, into: Path) -> None:
-    if archive.suffix == ".zip":
-        with zipfile.ZipFile(archive) as zf:
-            zf.extractall(into)  # ZipFile drops absolute paths and ".." components
-    else:
-        with tarfile.open(archive) as tf:
-            if hasattr(tarfile, "data_filter"):  # refuse links and paths leaving ``into``
-                tf.extractall(into, filter="data")
-            else:
-                tf.extractall(into)
+    """Unpack ``archive`` into ``into``, refusing members that would land outside it.
+
+    A marker file exists while the extraction runs, so that one cut off (kill,
+    full disk) is redone by the next call instead of passing for complete.
+    """
+    into.mkdir(parents=True, exist_ok=True)
+    marker = _extracting_marker(archive, into)
+    marker.write_text("extraction started; it is redone while this file exists\n")
+    try:
+        if archive.suffix == ".zip":
+            with zipfile.ZipFile(archive) as zf:
+                zf.extractall(into)  # ZipFile drops absolute paths and ".." components
+        else:
+            with tarfile.open(archive) as tf:
+                if hasattr(tarfile, "data_filter"):  # refuse links and paths leaving ``into``
+                    tf.extractall(into, filter="data")
+                else:
+                    root = into.resolve()
+                    for member in tf.getmembers():
+                        target = (into / member.name).resolve()
+                        if (member.issym() or member.islnk() or not member.isreg() and not
+                                member.isdir() or root not in (target, *target.parents)):
+                            raise tarfile.TarError(f"unsafe member {member.name!r}")
+                    tf.extractall(into)
+    except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError) as err:
+        raise DownloadError(f"cannot extract {archive} ({type(err).__name__}: {err}); the "
+                            f"file is damaged or not the expected archive. Delete it and call "
+                            f"again to download it afresh.") from err
+    marker.unlink()
 
 
 def download_voc2007(root: PathLike, splits: Tuple[str, ...] = ("trainval", "test"), *,
@@ -241,7 +272,9 @@ def download_voc2007(root: PathLike, splits: Tuple[str, ...] = ("trainval", "tes
     for split in splits:
         if split not in ("trainval", "test"):
             raise ValueError(f"VOC 2007 archives hold 'trainval' and 'test', got {split!r}.")
-        if not (voc / "ImageSets" / "Main" / f"{split}.txt").is_file():
+        archive_name = RESOURCES[f"voc2007_{split}"].filename
+        if (not (voc / "ImageSets" / "Main" / f"{split}.txt").is_file()
+                or _interrupted(archive_name, Path(root))):
             archive = fetch(f"voc2007_{split}", root, timeout=timeout, progress=progress)
             _extract(archive, Path(root))
     return voc
@@ -253,7 +286,8 @@ def download_voc2012(root: PathLike, *, timeout: float = 5.0, progress: bool = T
     The paper's "07+12" training set is VOC 2007 trainval plus this (Table 3).
     """
     voc = Path(root) / "VOCdevkit" / "VOC2012"
-    if not (voc / "ImageSets" / "Main" / "trainval.txt").is_file():
+    if (not (voc / "ImageSets" / "Main" / "trainval.txt").is_file()
+            or _interrupted(RESOURCES["voc2012_trainval"].filename, Path(root))):
         _extract(fetch("voc2012_trainval", root, timeout=timeout, progress=progress), Path(root))
     return voc
 
@@ -266,9 +300,9 @@ def download_coco_val2017(root: PathLike, *, timeout: float = 5.0, progress: boo
     """
     root = Path(root)
     ann_file, images = root / "annotations" / "instances_val2017.json", root / "val2017"
-    if not ann_file.is_file():
+    if not ann_file.is_file() or _interrupted(RESOURCES["coco_annotations2017"].filename, root):
         _extract(fetch("coco_annotations2017", root, timeout=timeout, progress=progress), root)
-    if not images.is_dir():
+    if not images.is_dir() or _interrupted(RESOURCES["coco_val2017"].filename, root):
         _extract(fetch("coco_val2017", root, timeout=timeout, progress=progress), root)
     return ann_file, images
 

@@ -248,3 +248,70 @@ def test_pennfudan_colour_mask_is_an_error(tmp_path):
     Image.new("RGB", (4, 4), (1, 2, 3)).save(tmp_path / "PedMasks" / "p1_mask.png")
     with pytest.raises(ValueError, match=r"p1_mask\.png has mode 'RGB'"):
         PennFudanDataset(tmp_path)[0]
+
+
+# -- downloads and archives ------------------------------------------------------------
+def _mirror_pennfudan(tmp_path, monkeypatch, archive):
+    from frcnn_lite import downloads
+    from frcnn_lite.downloads import Resource
+
+    monkeypatch.setitem(downloads.RESOURCES, "pennfudan",
+                        Resource("PennFudanPed.zip", (archive.as_uri(),)))
+    return downloads
+
+
+def test_a_damaged_archive_says_delete_and_retry(tmp_path, monkeypatch):
+    from frcnn_lite.downloads import DownloadError
+
+    archive = tmp_path / "mirror" / "PennFudanPed.zip"
+    archive.parent.mkdir()
+    archive.write_bytes(b"PK\x03\x04 this is not really a zip")
+    downloads = _mirror_pennfudan(tmp_path, monkeypatch, archive)
+    with pytest.raises(DownloadError, match=r"cannot extract .*PennFudanPed\.zip .*Delete it and "
+                                            r"call again"):
+        downloads.download_pennfudan(tmp_path / "data", progress=False)
+    with pytest.raises(ValueError, match=r"unknown resource 'voc2099'; known: \["):
+        downloads.fetch("voc2099", tmp_path)
+
+
+def test_an_interrupted_extraction_is_redone(tmp_path, monkeypatch):
+    import tarfile
+
+    from frcnn_lite import downloads
+    from frcnn_lite.downloads import Resource
+
+    source = tmp_path / "src" / "VOCdevkit" / "VOC2007"
+    for sub in ("ImageSets/Main", "JPEGImages"):
+        (source / sub).mkdir(parents=True)
+    (source / "ImageSets" / "Main" / "test.txt").write_text("img1\n")
+    (source / "JPEGImages" / "img1.jpg").write_bytes(b"jpeg")
+    archive = tmp_path / "mirror" / "VOCtest.tar"
+    archive.parent.mkdir()
+    with tarfile.open(archive, "w") as tf:
+        tf.add(tmp_path / "src" / "VOCdevkit", arcname="VOCdevkit")
+    monkeypatch.setitem(downloads.RESOURCES, "voc2007_test",
+                        Resource("VOCtest.tar", (archive.as_uri(),)))
+    root = tmp_path / "data"
+    # a first run killed mid-extraction: the split list is there, the image is not
+    (root / "VOCdevkit" / "VOC2007" / "ImageSets" / "Main").mkdir(parents=True)
+    (root / "VOCdevkit" / "VOC2007" / "ImageSets" / "Main" / "test.txt").write_text("img1\n")
+    (root / ".VOCtest.tar.extracting").write_text("")
+    voc = downloads.download_voc2007(root, ("test",), progress=False)
+    assert (voc / "JPEGImages" / "img1.jpg").read_bytes() == b"jpeg"
+    assert not (root / ".VOCtest.tar.extracting").exists()
+
+
+def test_archive_members_leaving_the_folder_are_refused(tmp_path):
+    import io
+    import tarfile
+
+    from frcnn_lite.downloads import DownloadError, _extract
+
+    archive = tmp_path / "evil.tar"
+    with tarfile.open(archive, "w") as tf:
+        info = tarfile.TarInfo("../escaped.txt")
+        info.size = 4
+        tf.addfile(info, io.BytesIO(b"evil"))
+    with pytest.raises(DownloadError, match=r"cannot extract .*evil\.tar"):
+        _extract(archive, tmp_path / "into")
+    assert not (tmp_path / "escaped.txt").exists()
