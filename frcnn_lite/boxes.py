@@ -16,11 +16,11 @@ Built in chapter 1 (area, IoU, clip, small boxes) and chapter 4 (Eq. 2).
 from __future__ import annotations
 
 import math
-from typing import Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import torch
 
-from frcnn_lite.checks import check_boxes
+from frcnn_lite.checks import check_boxes, check_nms_top_n
 
 # Largest log-scale change decode_boxes applies: a box may grow at most
 # 1000/16 = 62.5 times its reference in one step. Without it, exp() of a wild
@@ -33,7 +33,8 @@ def box_area(boxes: torch.Tensor) -> torch.Tensor:
     return (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
 
 
-def box_iou(boxes1: torch.Tensor, boxes2: torch.Tensor, *, validate: bool = True) -> torch.Tensor:
+def box_iou(boxes1: torch.Tensor, boxes2: torch.Tensor, *,
+            validate: bool = True) -> torch.Tensor:
     """Intersection over union of every pair: ``(N, 4), (M, 4) -> (N, M)``.
 
     IoU(a, b) = area(a ∩ b) / area(a ∪ b), the overlap measure the paper uses
@@ -48,7 +49,7 @@ def box_iou(boxes1: torch.Tensor, boxes2: torch.Tensor, *, validate: bool = True
     area1 = box_area(boxes1)  # (N,)
     area2 = box_area(boxes2)  # (M,)
     top_left = torch.max(boxes1[:, None, :2], boxes2[None, :, :2])  # (N, M, 2)
-    bottom_right = torch.min(boxes1[:, None, 2:], boxes2[None, :, 2:])  # (N, M, 2)
+    bottom_right = torch.min(boxes1[:, None, 2:], boxes2[None, :, 2:])
     wh = (bottom_right - top_left).clamp(min=0)  # (N, M, 2)
     inter = wh[..., 0] * wh[..., 1]  # (N, M)
     union = area1[:, None] + area2[None, :] - inter
@@ -114,7 +115,7 @@ def _check_pair(reference: torch.Tensor, other: torch.Tensor, other_name: str,
 def encode_boxes(reference: torch.Tensor, target: torch.Tensor,
                  weights: Sequence[float] = (1.0, 1.0, 1.0, 1.0), *,
                  validate: bool = True) -> torch.Tensor:
-    """Eq. 2 (§3.1.2): deltas ``(N, 4)`` of ``target (N, 4)`` relative to ``reference (N, 4)``.
+    """Eq. 2 (§3.1.2): deltas ``(N, 4)`` of ``target`` from ``reference``.
 
     With anchor (or proposal) centre/size ``(x_a, y_a, w_a, h_a)`` and target
     ``(x, y, w, h)``::
@@ -122,9 +123,9 @@ def encode_boxes(reference: torch.Tensor, target: torch.Tensor,
         t_x = (x - x_a) / w_a        t_y = (y - y_a) / h_a
         t_w = log(w / w_a)           t_h = log(h / h_a)
 
-    each multiplied by its weight ``(w_x, w_y, w_w, w_h)``. Weights (10, 10, 5, 5)
-    are the same as dividing by stds (0.1, 0.1, 0.2, 0.2), as the Fast R-CNN
-    head's targets are normalised (ch. 8).
+    each multiplied by its weight ``(w_x, w_y, w_w, w_h)``. Weights (10, 10,
+    5, 5) are the same as dividing by stds (0.1, 0.1, 0.2, 0.2), as the Fast
+    R-CNN head's targets are normalised (ch. 8).
 
     ``validate=True`` rejects reference boxes of zero width or height (Eq. 2
     divides by them); hot paths on anchors the library made pass ``False``.
@@ -142,8 +143,9 @@ def encode_boxes(reference: torch.Tensor, target: torch.Tensor,
 
 def decode_boxes(reference: torch.Tensor, deltas: torch.Tensor,
                  weights: Sequence[float] = (1.0, 1.0, 1.0, 1.0),
-                 clamp: float = BBOX_XFORM_CLIP, *, validate: bool = True) -> torch.Tensor:
-    """Inverse of Eq. 2: boxes ``(N, 4)`` from ``deltas (N, 4)`` applied to ``reference (N, 4)``.
+                 clamp: float = BBOX_XFORM_CLIP, *,
+                 validate: bool = True) -> torch.Tensor:
+    """Inverse of Eq. 2: boxes ``(N, 4)``, ``deltas`` applied to ``reference``.
 
     x = t_x w_a + x_a,  y = t_y h_a + y_a,  w = w_a exp(t_w),  h = h_a exp(t_h),
     with t_w and t_h clamped at ``clamp`` = log(1000/16) first so that exp()
@@ -161,52 +163,39 @@ def decode_boxes(reference: torch.Tensor, deltas: torch.Tensor,
     y = ty * ha + ya
     w = wa * torch.exp(tw)
     h = ha * torch.exp(th)
-    return torch.stack((x - 0.5 * w, y - 0.5 * h, x + 0.5 * w, y + 0.5 * h), dim=1)  # (N, 4)
+    corners = (x - 0.5 * w, y - 0.5 * h, x + 0.5 * w, y + 0.5 * h)
+    return torch.stack(corners, dim=1)  # (N, 4)
 
 
-def nms_top_n(boxes: torch.Tensor, scores: torch.Tensor, iou_thresh: float, top_n: int, *,
-              chunk_size: int | None = None) -> torch.Tensor:
-    """Greedy NMS that stops once ``top_n`` boxes are kept: ``(N, 4), (N,) -> (K,)`` indices.
+def nms_top_n(boxes: torch.Tensor, scores: torch.Tensor, iou_thresh: float,
+              top_n: int, *, chunk_size: Optional[int] = None) -> torch.Tensor:
+    """Greedy NMS that stops once ``top_n`` are kept: ``(N, 4), (N,) -> (K,)``.
 
     Returns exactly ``torchvision.ops.nms(boxes, scores, iou_thresh)[:top_n]``
-    (the kept indices, best first; equal scores keep their input order, as
-    that op's stable sort does), but usually much faster when ``top_n`` is
-    small: the proposal layer (§3.3) keeps 300 of 6000 boxes.
+    (kept indices, best first; equal scores keep their input order, as that
+    op's stable sort does), but much faster when ``top_n`` is small: the
+    proposal layer (§3.3) keeps 300 of 6000 boxes.
 
     Why it is exact: greedy NMS visits boxes best first, and whether box ``i``
-    survives depends only on the boxes visited before it. So the first ``m``
-    boxes in score order give the same survivors among themselves as all
-    ``N`` do. We run NMS on chunks of ``chunk_size`` boxes in score order,
-    each together with the survivors so far (which go first and never
-    suppress each other), and stop as soon as ``top_n`` have survived. The
-    IoUs are computed by the same kernel on the same pairs, so the decisions
-    are bit-for-bit those of the full call.
-
-    ``chunk_size`` defaults to ``2 * top_n`` on the CPU, where one NMS call
-    costs up to ~N^2 / 2 IoUs (for 300 of 6000 boxes, chunks of 600 beat 300
-    and 1000 in our measurements). On a GPU, whose NMS kernel is parallel and
-    where every chunk would cost a host sync, the default is one call.
-    Built in chapter 13 (speed).
+    survives depends only on the boxes visited before it. So we run NMS on
+    chunks of ``chunk_size`` boxes in score order, each with the survivors so
+    far (which go first and never suppress each other), and stop once
+    ``top_n`` have survived: the same kernel on the same pairs, so the same
+    decisions, bit for bit. ``chunk_size``: ``2 * top_n`` on a CPU (600 beat
+    300 and 1000 for 300 of 6000 boxes); one call on a GPU, where each chunk
+    costs a host sync. Built in chapter 13 (speed).
     """
     from torchvision.ops import nms
 
-    if boxes.dim() != 2 or boxes.shape[-1] != 4 or scores.shape != boxes.shape[:1]:
-        raise ValueError(f"need boxes (N, 4) and scores (N,), got {tuple(boxes.shape)} and "
-                         f"{tuple(scores.shape)}.")
-    if top_n < 0:
-        raise ValueError(f"top_n is how many boxes to keep, >= 0; got {top_n}.")
-    n = boxes.shape[0]
-    if chunk_size is None:
-        chunk_size = max(2 * top_n, 1) if boxes.device.type == "cpu" else max(n, 1)
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}.")
-    if n <= chunk_size:
+    chunk_size = check_nms_top_n(boxes, scores, top_n, chunk_size)
+    if boxes.shape[0] <= chunk_size:
         return nms(boxes, scores, iou_thresh)[:top_n]
-    order = scores.sort(descending=True, stable=True)[1]  # (N,) the order nms visits boxes in
+    order = scores.sort(descending=True, stable=True)[1]  # (N,) as NMS visits
     kept = order[:0]  # (K,) survivors so far, best first
-    for start in range(0, n, chunk_size):
-        candidates = torch.cat([kept, order[start:start + chunk_size]])  # already in visiting order
-        kept = candidates[nms(boxes[candidates], scores[candidates], iou_thresh)]
+    for start in range(0, boxes.shape[0], chunk_size):
+        candidates = torch.cat([kept, order[start:start + chunk_size]])
+        keep = nms(boxes[candidates], scores[candidates], iou_thresh)
+        kept = candidates[keep]
         if kept.shape[0] >= top_n:  # one host sync per chunk
             break
     return kept[:top_n]

@@ -396,3 +396,19 @@ def check_head_outputs(class_logits, box_deltas, rois, image_sizes) -> None:
         raise ValueError(f"class_logits {tuple(class_logits.shape)} and box_deltas "
                          f"{tuple(box_deltas.shape)} must be (R, K + 1) and (R, 4K) with R = "
                          f"{total}, the number of RoIs given.")
+
+
+# -- boxes.py ---------------------------------------------------------------------------------
+def check_nms_top_n(boxes: torch.Tensor, scores: torch.Tensor, top_n: int, chunk_size) -> int:
+    """:func:`~frcnn_lite.boxes.nms_top_n`'s inputs; returns the chunk size to use."""
+    if boxes.dim() != 2 or boxes.shape[-1] != 4 or scores.shape != boxes.shape[:1]:
+        raise ValueError(f"need boxes (N, 4) and scores (N,), got {tuple(boxes.shape)} and "
+                         f"{tuple(scores.shape)}.")
+    if top_n < 0:
+        raise ValueError(f"top_n is how many boxes to keep, >= 0; got {top_n}.")
+    if chunk_size is None:  # see nms_top_n's docstring
+        n = boxes.shape[0]
+        chunk_size = max(2 * top_n, 1) if boxes.device.type == "cpu" else max(n, 1)
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}.")
+    return chunk_size
