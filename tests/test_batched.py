@@ -57,8 +57,8 @@ def test_labels_and_matched_boxes_equal_label_anchors(preset, sizes, counts, all
     height, width = max(h for h, _ in sizes), max(w for _, w in sizes)
     anchors = anchors_for(preset, (height // 16, width // 16))
     targets = batch_of_targets(preset, sizes, counts)
-    gt, valid = pad_boxes([t["boxes"] for t in targets])
-    labels, matched = label_anchors_batch(anchors, gt, valid, sizes, allowed_border=allowed_border)
+    labels, matched = label_anchors_batch(anchors, [t["boxes"] for t in targets], sizes,
+                                          allowed_border=allowed_border)
     assert labels.shape == matched.shape == (len(sizes), anchors.shape[0])
     for i, (size, target) in enumerate(zip(sizes, targets)):
         ref_labels, ref_matched = label_anchors(anchors, target["boxes"], size,
@@ -251,9 +251,9 @@ def test_cuda_equals_cpu():
     sizes, counts = CASES[0][1], CASES[0][2]
     anchors = anchors_for(SHAPES, (16, 16))
     targets = batch_of_targets(SHAPES, sizes, counts)
-    gt, valid = pad_boxes([t["boxes"] for t in targets])
-    cpu = label_anchors_batch(anchors, gt, valid, sizes)
-    gpu = label_anchors_batch(anchors.cuda(), gt.cuda(), valid.cuda(), sizes)
+    gt = [t["boxes"] for t in targets]
+    cpu = label_anchors_batch(anchors, gt, sizes)
+    gpu = label_anchors_batch(anchors.cuda(), [b.cuda() for b in gt], sizes)
     for a, b in zip(cpu, gpu):
         assert torch.equal(a, b.cpu())
     sampled = sample_anchors_batch(gpu[0], 256, 0.5, torch.Generator("cuda").manual_seed(0))

@@ -38,15 +38,17 @@ if [[ "${1:-}" == "--rebuild" ]]; then rm -rf "$VENV"; fi
 mkdir -p "$LOGS"
 start=$(date +%s)
 
-if [[ ! -f "$VENV/.installed-$TORCH" ]]; then
-    rm -rf "$VENV"
-    "$PYTHON" -m venv "$VENV"
+# Re-resolve whenever the pins or REV's requirements.txt change (others add packages).
+git show "$REV:requirements.txt" > "$LOGS/requirements.txt"
+stamp="$TORCH-$TORCHVISION-$(sha1sum "$LOGS/requirements.txt" | cut -c1-12)"
+if [[ ! -f "$VENV/.installed-$stamp" ]]; then
+    [[ -x "$VENV/bin/python" ]] || "$PYTHON" -m venv "$VENV"
     "$VENV/bin/python" -m pip install -q --upgrade pip
     # The pins go on the same command line as -r requirements.txt, so pip resolves
     # every other package against them (matplotlib, pycocotools with numpy < 2).
     "$VENV/bin/python" -m pip install -q "torch==$TORCH" "torchvision==$TORCHVISION" \
-        "numpy<2" -r requirements.txt
-    touch "$VENV/.installed-$TORCH"
+        "numpy<2" -r "$LOGS/requirements.txt"
+    rm -f "$VENV"/.installed-* && touch "$VENV/.installed-$stamp"
 fi
 installed=$(date +%s)
 rm -rf "$SRC" && mkdir -p "$SRC"
