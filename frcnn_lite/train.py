@@ -166,7 +166,7 @@ class Trainer:
                              f"{model.config.num_classes}; build the model with "
                              f"num_classes={data_classes}.")
         self.model, self.dataset, self.config = model, dataset, config
-        self.device = torch.device(device) if device is not None else pick_device()
+        self.device = _usable_device(device)
         self.model.to(self.device)
         self.proposer = proposer
         if proposer is not None:
@@ -224,6 +224,12 @@ class Trainer:
         if state is None or "stage" not in state:
             raise CheckpointError(f"{self.checkpoint_path} holds a model but no training state "
                                   f"(an exported model); it cannot be resumed. Use another path.")
+        missing = sorted({"config", "iteration", "optimizer", "scheduler", "rng", "history"}
+                         - set(state))
+        if missing:
+            raise CheckpointError(f"{self.checkpoint_path}: the training state lacks {missing}; "
+                                  f"the file is damaged or was edited. Use an earlier checkpoint "
+                                  f"or another checkpoint path.")
         if state["stage"] != self.stage.name:
             raise CheckpointError(f"{self.checkpoint_path} is from stage {state['stage']!r}, not "
                                   f"{self.stage.name!r}; give each stage its own checkpoint file.")
@@ -373,6 +379,23 @@ class Trainer:
         self.save()
         self.model.eval()
         return self.history
+
+
+def _usable_device(device) -> torch.device:
+    """``device`` (default: :func:`pick_device`), refused at once when it is not there."""
+    if device is None:
+        return pick_device()
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise ValueError(f"device {device!r} is not a device name such as 'cpu', 'cuda' or "
+                         f"'cuda:0' ({error}).") from None
+    if device.type == "cuda" and (not torch.cuda.is_available() or (
+            device.index is not None and device.index >= torch.cuda.device_count())):
+        found = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        raise ValueError(f"device {str(device)!r} is not available here ({found} CUDA device(s) "
+                         f"found); pass device='cpu', or leave device=None to pick one.")
+    return device
 
 
 def _check_writable(path: Path) -> None:

@@ -305,3 +305,21 @@ def test_distributed_entry_point_rejects_bad_values_as_usage_errors(capsys):
         main(["--iterations", "-5"])
     assert info.value.code == 2
     assert "TrainConfig.iterations must be an integer >= 1, got -5" in capsys.readouterr().err
+
+
+def test_damaged_training_state_and_missing_devices(tmp_path):
+    path = tmp_path / "run.pt"
+    Trainer(small_model(), small_data(4), FAST, checkpoint_path=path, progress=False,
+            device="cpu").fit()
+    payload = torch.load(path, weights_only=True)
+    del payload["training"]["optimizer"]
+    torch.save(payload, tmp_path / "damaged.pt")
+    with pytest.raises(CheckpointError, match=r"damaged\.pt: the training state lacks "
+                                              r"\['optimizer'\]"):
+        Trainer(small_model(), small_data(4), FAST, checkpoint_path=tmp_path / "damaged.pt",
+                progress=False, device="cpu").fit()
+    with pytest.raises(ValueError, match=r"device 'tpu' is not a device name"):
+        Trainer(small_model(), small_data(4), FAST, device="tpu")
+    missing = f"cuda:{torch.cuda.device_count()}"  # one past the last GPU (cuda:0 on a laptop)
+    with pytest.raises(ValueError, match=rf"device '{missing}' is not available here"):
+        Trainer(small_model(), small_data(4), FAST, device=missing)
