@@ -119,7 +119,10 @@ class DistributedTrainer(Trainer):
             find_unused_parameters=find_unused_parameters) if self.distributed else losses)
         self.amp = amp
         self.amp_dtype = torch.float16 if self.device.type == "cuda" else torch.bfloat16
-        self.scaler = torch.amp.GradScaler("cuda", enabled=amp and self.device.type == "cuda")
+        use_scaler = amp and self.device.type == "cuda"
+        self.scaler = (torch.amp.GradScaler("cuda", enabled=use_scaler)
+                       if hasattr(torch.amp, "GradScaler")  # torch >= 2.3
+                       else torch.cuda.amp.GradScaler(enabled=use_scaler))
 
     def rank_indices(self, iteration: int) -> List[int]:
         """This rank's dataset indices for mini-batch ``iteration``."""
