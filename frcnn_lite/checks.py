@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import torch
 
+from frcnn_lite.run_checks import (check_choice, check_int, check_number,  # noqa: F401
+                                   check_numbers, check_order)  # (their home is run_checks.py)
+
 
 def check_boxes(boxes: torch.Tensor, name: str = "boxes", *, allow_empty: bool = True,
                 allow_degenerate: bool = False) -> None:
@@ -152,68 +155,6 @@ def check_prediction(prediction: dict, num_classes: int, name: str = "prediction
         raise ValueError(f"{name}['scores'] must be probabilities in [0, 1], got values in "
                          f"[{float(scores.min()):.3g}, {float(scores.max()):.3g}]; pass softmax "
                          f"scores, not logits.")
-
-
-# -- configuration values (FasterRCNNConfig, Preset, TrainConfig validate with these) --------
-def check_int(value, name: str, *, minimum: int | None = None, maximum: int | None = None
-              ) -> None:
-    """Check that ``value`` is an integer (not a bool or a float) in ``[minimum, maximum]``."""
-    import numbers
-
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an integer, got {value!r} ({type(value).__name__}).")
-    if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
-        bounds = (f">= {minimum}" if maximum is None else f"<= {maximum}" if minimum is None
-                  else f"in {minimum}..{maximum}")
-        raise ValueError(f"{name} must be an integer {bounds}, got {value}.")
-
-
-def check_number(value, name: str, *, low: float | None = None, high: float | None = None,
-                 low_open: bool = False, high_open: bool = False) -> None:
-    """Check that ``value`` is a finite real number in the interval ``low .. high``.
-
-    ``low_open`` / ``high_open`` exclude the end points (``(0, 1]`` is
-    ``low=0, high=1, low_open=True``).
-    """
-    import math
-    import numbers
-
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a number, got {value!r} ({type(value).__name__}).")
-    interval = (("(" if low_open else "[") + ("-inf" if low is None else f"{low:g}") + ", "
-                + ("inf" if high is None else f"{high:g}") + (")" if high_open else "]"))
-    if not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number in {interval}, got {value}.")
-    if low is not None and (value < low or (low_open and value == low)):
-        raise ValueError(f"{name} must lie in {interval}, got {value}.")
-    if high is not None and (value > high or (high_open and value == high)):
-        raise ValueError(f"{name} must lie in {interval}, got {value}.")
-
-
-def check_numbers(values, name: str, **interval) -> None:
-    """Check a non-empty tuple or list of numbers, each as :func:`check_number` says."""
-    if isinstance(values, (str, bytes)) or not isinstance(values, (tuple, list)):
-        raise TypeError(f"{name} must be a tuple of numbers such as (0.5, 1.0, 2.0), got "
-                        f"{values!r}.")
-    if len(values) == 0:
-        raise ValueError(f"{name} must hold at least one value, got an empty {type(values).__name__}.")
-    for i, value in enumerate(values):
-        check_number(value, f"{name}[{i}]", **interval)
-
-
-def check_choice(value, name: str, choices) -> None:
-    """Check that ``value`` is one of ``choices``."""
-    if not isinstance(value, str) or value not in choices:
-        raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}.")
-
-
-def check_order(names_values, owner: str) -> None:
-    """Check ``a <= b <= ...`` for ``[(name, value), ...]``; name both ends of a violation."""
-    for (name_a, a), (name_b, b) in zip(names_values, names_values[1:]):
-        if a > b:
-            chain = " <= ".join(n for n, _ in names_values)
-            raise ValueError(f"{owner} needs {chain}, but {name_a}={a} > {name_b}={b}; swap or "
-                             f"fix them.")
 
 
 def check_boxes_inside(boxes: torch.Tensor, image_size, name: str = "boxes") -> None:
@@ -412,3 +353,71 @@ def check_nms_top_n(boxes: torch.Tensor, scores: torch.Tensor, top_n: int, chunk
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}.")
     return chunk_size
+
+
+# -- anchors.py -------------------------------------------------------------------------------
+def check_anchor_shapes(scales, ratios) -> None:
+    """At least one scale and one ratio, all positive and finite."""
+    if len(scales) == 0 or len(ratios) == 0:
+        raise ValueError(f"anchors need at least one scale and one ratio, got scales="
+                         f"{list(scales)}, ratios={list(ratios)}; the paper uses scales (128, "
+                         f"256, 512), ratios (0.5, 1, 2).")
+    scales_t = torch.as_tensor(scales, dtype=torch.float64)
+    ratios_t = torch.as_tensor(ratios, dtype=torch.float64)
+    if bool((scales_t <= 0).any()) or not bool(torch.isfinite(scales_t).all()):
+        raise ValueError(f"anchor scales must be positive and finite (side lengths in pixels), "
+                         f"got {list(scales)}.")
+    if bool((ratios_t <= 0).any()) or not bool(torch.isfinite(ratios_t).all()):
+        raise ValueError(f"anchor ratios (h / w) must be positive and finite, got "
+                         f"{list(ratios)}.")
+
+
+def check_grid(feature_size, stride, base: torch.Tensor) -> None:
+    """A feature map of at least one cell, a positive stride, ``(A, 4)`` base anchors."""
+    height, width = int(feature_size[0]), int(feature_size[1])
+    if height <= 0 or width <= 0:
+        raise ValueError(f"feature_size must be (H, W) with H, W >= 1, got "
+                         f"{tuple(feature_size)}; the image may be smaller than the backbone's "
+                         f"stride.")
+    if not stride > 0:
+        raise ValueError(f"stride must be positive (input pixels per feature cell), got "
+                         f"{stride}.")
+    if base.dim() != 2 or base.shape[-1] != 4:
+        raise ValueError(f"base must be (A, 4) anchors from base_anchors, got "
+                         f"{tuple(base.shape)}.")
+
+
+def check_gt_inside(gt_boxes: torch.Tensor, image_size, tolerance: float = 1e-3) -> None:
+    """Every ground-truth box lies inside its ``(H, W)`` image (the library never clips
+    targets silently)."""
+    height, width = image_size
+    outside = ((gt_boxes[:, 0] < -tolerance) | (gt_boxes[:, 1] < -tolerance)
+               | (gt_boxes[:, 2] > width + tolerance) | (gt_boxes[:, 3] > height + tolerance))
+    if bool(outside.any()):
+        i = int(outside.nonzero()[0])
+        raise ValueError(f"gt_boxes[{i}] = {gt_boxes[i].tolist()} lies outside the image of size "
+                         f"(H, W) = {tuple(image_size)}; fix the annotation or clip it with "
+                         f"boxes.clip_boxes before training (the library never clips targets "
+                         f"silently).")
+
+
+def check_label_inputs(anchors, gt_boxes, image_size) -> None:
+    """:func:`~frcnn_lite.anchors.label_anchors`' inputs: one device, valid boxes inside."""
+    # Devices first: the value checks below cannot read a tensor on the wrong device.
+    if (isinstance(anchors, torch.Tensor) and isinstance(gt_boxes, torch.Tensor)
+            and anchors.device != gt_boxes.device):
+        raise ValueError(f"anchors are on {anchors.device} but gt_boxes on {gt_boxes.device}; "
+                         f"move them to one device, e.g. gt_boxes.to(anchors.device).")
+    check_boxes(anchors, "anchors")
+    check_boxes(gt_boxes, "gt_boxes")
+    check_gt_inside(gt_boxes, image_size)
+
+
+def check_anchor_sampling(labels: torch.Tensor, batch_size_per_image: int,
+                          positive_fraction: float) -> None:
+    if labels.dim() != 1:
+        raise ValueError(f"labels must be (N,) as returned by label_anchors, got "
+                         f"{tuple(labels.shape)}.")
+    if batch_size_per_image < 1 or not 0.0 <= positive_fraction <= 1.0:
+        raise ValueError(f"need batch_size_per_image >= 1 and 0 <= positive_fraction <= 1, got "
+                         f"{batch_size_per_image} and {positive_fraction}.")
