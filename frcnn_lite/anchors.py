@@ -64,7 +64,8 @@ def grid_anchors(feature_size: Tuple[int, int], stride: float,
     ys = (torch.arange(height, **like) + 0.5) * stride  # (H,) cell centres
     xs = (torch.arange(width, **like) + 0.5) * stride  # (W,)
     cy, cx = torch.meshgrid(ys, xs, indexing="ij")  # (H, W) each
-    centres = torch.stack((cx, cy, cx, cy), dim=-1).reshape(-1, 1, 4)  # (HW, 1, 4)
+    centres = torch.stack((cx, cy, cx, cy), dim=-1)  # (H, W, 4)
+    centres = centres.reshape(-1, 1, 4)  # (H * W, 1, 4)
     return (centres + base[None, :, :]).reshape(-1, 4)  # (H * W * A, 4)
 
 
