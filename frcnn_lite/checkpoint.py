@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import glob
+import hashlib
 import os
 import random
 import re
@@ -38,6 +39,22 @@ FORMAT, VERSION = "frcnn_lite", 1
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be used: corrupt, foreign, or for another architecture."""
+
+
+def sample_digest(samples) -> str:
+    """SHA-256 of ``[(image, target), ...]``: image pixels, boxes and labels.
+
+    Trainers record it for the first mini-batch, so that a resume on other data
+    (another ``--num-images``, seed or folder) is refused instead of continuing.
+    """
+    digest = hashlib.sha256()
+    for image, target in samples:
+        for tensor in (image, target["boxes"], target["labels"]):
+            tensor = torch.as_tensor(tensor).detach().cpu().contiguous()
+            digest.update(str((tuple(tensor.shape), tensor.dtype)).encode())
+            digest.update(tensor.view(-1).view(torch.uint8).numpy().tobytes()
+                          if tensor.numel() else b"")
+    return digest.hexdigest()
 
 
 def get_rng_state() -> dict:

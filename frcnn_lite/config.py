@@ -19,9 +19,11 @@ of the boxes at IoU >= 0.5 (89% of those over 32 px; the rest are small
 objects that a stride-16 grid cannot centre well). Images keep their size.
 
 ``FasterRCNNConfig`` holds everything needed to rebuild a detector; checkpoints
-store it (``frcnn_lite.model`` re-exports it).
+store it (``frcnn_lite.model`` re-exports it). ``TrainConfig`` is one training
+run's schedule (``frcnn_lite.train`` re-exports it). All validate their values
+when built.
 
-Built in chapter 3 (presets) and chapter 9 (``FasterRCNNConfig``).
+Built in chapter 3 (presets) and chapter 9 (``FasterRCNNConfig``, ``TrainConfig``).
 """
 
 from __future__ import annotations
@@ -33,8 +35,8 @@ from typing import Dict, Optional, Tuple
 
 import torch
 
-from frcnn_lite.checks import (check_choice, check_int, check_number, check_numbers,
-                               check_order)
+from frcnn_lite.run_checks import (check_choice, check_int, check_number, check_numbers,
+                                   check_order)
 
 
 def _plain_number(value):
@@ -224,3 +226,48 @@ class FasterRCNNConfig:
         """``{field: (self's value, other's value)}`` for every field that differs."""
         a, b = dataclasses.asdict(self), dataclasses.asdict(other)
         return {k: (a[k], b[k]) for k in a if a[k] != b[k]}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training run. Defaults follow the paper's VOC schedule (§3.3, §4).
+
+    The paper trains at lr 0.001 for 60k mini-batches, then 0.0001 for 20k:
+    a single step at 3/4 of the run, here ``lr_steps=(0.75,)`` as fractions of
+    ``iterations``, so the schedule scales with the run. ``warmup_iterations``
+    ramps the lr linearly from 1/10 (helps from-scratch backbones; 0 = paper).
+    """
+
+    iterations: int = 80000
+    batch_size: int = 1  # images per mini-batch (the paper: 1 for the RPN, 2 for Fast R-CNN)
+    lr: float = 0.001
+    momentum: float = 0.9
+    weight_decay: float = 0.0005
+    lr_steps: Tuple[float, ...] = (0.75,)
+    lr_gamma: float = 0.1
+    warmup_iterations: int = 0
+    seed: int = 0
+    checkpoint_every: int = 200
+
+    def __post_init__(self):
+        plain_fields(self, "lr_steps")  # lists -> tuples, NumPy numbers -> Python numbers
+        owner = "TrainConfig"
+        check_int(self.iterations, f"{owner}.iterations", minimum=1)
+        check_int(self.batch_size, f"{owner}.batch_size (images per mini-batch)", minimum=1)
+        check_number(self.lr, f"{owner}.lr", low=0, low_open=True)
+        check_number(self.momentum, f"{owner}.momentum", low=0, high=1, high_open=True)
+        check_number(self.weight_decay, f"{owner}.weight_decay", low=0)
+        if self.lr_steps:  # () means a constant learning rate
+            check_numbers(self.lr_steps, f"{owner}.lr_steps (fractions of iterations)", low=0,
+                          high=1, low_open=True)
+        check_number(self.lr_gamma, f"{owner}.lr_gamma", low=0, low_open=True)
+        check_int(self.warmup_iterations, f"{owner}.warmup_iterations", minimum=0)
+        check_int(self.seed, f"{owner}.seed", minimum=0, maximum=2 ** 32 - 1)
+        check_int(self.checkpoint_every, f"{owner}.checkpoint_every", minimum=1)
+
+    def lr_factor(self, iteration: int) -> float:
+        """The multiplier of ``lr`` at ``iteration`` (0-based): warm-up, then steps."""
+        factor = self.lr_gamma ** sum(iteration >= int(s * self.iterations) for s in self.lr_steps)
+        if iteration < self.warmup_iterations:
+            factor *= 0.1 + 0.9 * iteration / self.warmup_iterations
+        return factor

@@ -27,7 +27,7 @@ from xml.etree import ElementTree as ET
 import numpy as np
 import torch
 
-from frcnn_lite.checks import check_int, check_number
+from frcnn_lite.run_checks import check_int, check_number
 
 CLASSES: Tuple[str, ...] = ("ellipse", "rectangle", "triangle", "cross", "ring")
 SPLITS: Dict[str, int] = {"train": 0, "val": 1, "test": 2}

@@ -26,11 +26,8 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
-import hashlib
 import math
-import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple, Union
 
@@ -38,11 +35,11 @@ import torch
 
 from frcnn_lite.checkpoint import (CheckpointError, get_rng_state, load_checkpoint,
                                    non_finite_tensors, remove_stale_temporaries,
-                                   save_checkpoint, set_rng_state)
-from frcnn_lite.checks import (check_boxes_inside, check_image, check_int, check_number,
-                               check_numbers, check_target)
-from frcnn_lite.config import plain_fields
+                                   sample_digest, save_checkpoint, set_rng_state)
+from frcnn_lite.checks import check_boxes_inside, check_image, check_target
+from frcnn_lite.config import TrainConfig
 from frcnn_lite.model import FasterRCNN, load_model
+from frcnn_lite.run_checks import check_device, check_int, check_writable_file
 from frcnn_lite.stages import (GROUPS, STAGES, Stage, _stage, apply_stage, format_table,
                                parameter_groups, stage_table)
 from frcnn_lite.utils import pick_device, seed_everything
@@ -51,51 +48,6 @@ __all__ = ["TrainConfig", "Stage", "STAGES", "parameter_groups", "apply_stage", 
            "format_table", "Trainer", "train_joint", "step1_train_rpn", "step2_train_detector",
            "step3_finetune_rpn", "step4_finetune_detector", "train_alternating", "batch_indices",
            "load_model", "CheckpointError"]
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """One training run. Defaults follow the paper's VOC schedule (§3.3, §4).
-
-    The paper trains at lr 0.001 for 60k mini-batches, then 0.0001 for 20k:
-    a single step at 3/4 of the run, here ``lr_steps=(0.75,)`` as fractions of
-    ``iterations``, so the schedule scales with the run. ``warmup_iterations``
-    ramps the lr linearly from 1/10 (helps from-scratch backbones; 0 = paper).
-    """
-
-    iterations: int = 80000
-    batch_size: int = 1  # images per mini-batch (the paper: 1 for the RPN, 2 for Fast R-CNN)
-    lr: float = 0.001
-    momentum: float = 0.9
-    weight_decay: float = 0.0005
-    lr_steps: Tuple[float, ...] = (0.75,)
-    lr_gamma: float = 0.1
-    warmup_iterations: int = 0
-    seed: int = 0
-    checkpoint_every: int = 200
-
-    def __post_init__(self):
-        plain_fields(self, "lr_steps")  # lists -> tuples, NumPy numbers -> Python numbers
-        owner = "TrainConfig"
-        check_int(self.iterations, f"{owner}.iterations", minimum=1)
-        check_int(self.batch_size, f"{owner}.batch_size (images per mini-batch)", minimum=1)
-        check_number(self.lr, f"{owner}.lr", low=0, low_open=True)
-        check_number(self.momentum, f"{owner}.momentum", low=0, high=1, high_open=True)
-        check_number(self.weight_decay, f"{owner}.weight_decay", low=0)
-        if self.lr_steps:  # () means a constant learning rate
-            check_numbers(self.lr_steps, f"{owner}.lr_steps (fractions of iterations)", low=0,
-                          high=1, low_open=True)
-        check_number(self.lr_gamma, f"{owner}.lr_gamma", low=0, low_open=True)
-        check_int(self.warmup_iterations, f"{owner}.warmup_iterations", minimum=0)
-        check_int(self.seed, f"{owner}.seed", minimum=0, maximum=2 ** 32 - 1)
-        check_int(self.checkpoint_every, f"{owner}.checkpoint_every", minimum=1)
-
-    def lr_factor(self, iteration: int) -> float:
-        """The multiplier of ``lr`` at ``iteration`` (0-based): warm-up, then steps."""
-        factor = self.lr_gamma ** sum(iteration >= int(s * self.iterations) for s in self.lr_steps)
-        if iteration < self.warmup_iterations:
-            factor *= 0.1 + 0.9 * iteration / self.warmup_iterations
-        return factor
 
 
 def batch_indices(iteration: int, num_images: int, batch_size: int, seed: int = 0) -> List[int]:
@@ -112,18 +64,6 @@ def batch_indices(iteration: int, num_images: int, batch_size: int, seed: int = 
     generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     order = torch.randperm(num_images, generator=generator)
     return order[position * batch_size:(position + 1) * batch_size].tolist()
-
-
-def _sample_digest(samples) -> str:
-    """SHA-256 of ``[(image, target), ...]``: image pixels, boxes and labels."""
-    digest = hashlib.sha256()
-    for image, target in samples:
-        for tensor in (image, target["boxes"], target["labels"]):
-            tensor = torch.as_tensor(tensor).detach().cpu().contiguous()
-            digest.update(str((tuple(tensor.shape), tensor.dtype)).encode())
-            digest.update(tensor.view(-1).view(torch.uint8).numpy().tobytes()
-                          if tensor.numel() else b"")
-    return digest.hexdigest()
 
 
 class Trainer:
@@ -166,14 +106,14 @@ class Trainer:
                              f"{model.config.num_classes}; build the model with "
                              f"num_classes={data_classes}.")
         self.model, self.dataset, self.config = model, dataset, config
-        self.device = _usable_device(device)
+        self.device = check_device(device) if device is not None else pick_device()
         self.model.to(self.device)
         self.proposer = proposer
         if proposer is not None:
             proposer.to(self.device).eval().requires_grad_(False)
         self.checkpoint_path = Path(checkpoint_path) if checkpoint_path is not None else None
         if self.checkpoint_path is not None:
-            _check_writable(self.checkpoint_path)
+            check_writable_file(self.checkpoint_path)
         self.progress, self.resume, self.check_data = progress, resume, check_data
         self.iteration = 0
         self.resumed_from: Optional[int] = None
@@ -258,7 +198,7 @@ class Trainer:
                                   f" images, but this dataset has {len(self.dataset)}. " + fix)
         if "indices" in saved:
             indices = [int(i) for i in saved["indices"]]
-            if _sample_digest([self.dataset[i] for i in indices]) != saved["sha256"]:
+            if sample_digest([self.dataset[i] for i in indices]) != saved["sha256"]:
                 raise CheckpointError(f"{self.checkpoint_path} was trained on other data: the "
                                       f"dataset's images {indices} differ from the ones the run "
                                       f"started with. " + fix)
@@ -281,7 +221,7 @@ class Trainer:
         samples = [self._sample(i) for i in indices]
         if self._data is None:  # the run's first mini-batch: remember what the data was
             self._data = {"num_images": len(self.dataset), "indices": list(indices),
-                          "sha256": _sample_digest(samples)}
+                          "sha256": sample_digest(samples)}
         for image, target in samples:
             images.append(image.to(self.device))
             targets.append({k: v.to(self.device) if torch.is_tensor(v) else v
@@ -379,34 +319,6 @@ class Trainer:
         self.save()
         self.model.eval()
         return self.history
-
-
-def _usable_device(device) -> torch.device:
-    """``device`` (default: :func:`pick_device`), refused at once when it is not there."""
-    if device is None:
-        return pick_device()
-    try:
-        device = torch.device(device)
-    except (RuntimeError, TypeError) as error:
-        raise ValueError(f"device {device!r} is not a device name such as 'cpu', 'cuda' or "
-                         f"'cuda:0' ({error}).") from None
-    if device.type == "cuda" and (not torch.cuda.is_available() or (
-            device.index is not None and device.index >= torch.cuda.device_count())):
-        found = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        raise ValueError(f"device {str(device)!r} is not available here ({found} CUDA device(s) "
-                         f"found); pass device='cpu', or leave device=None to pick one.")
-    return device
-
-
-def _check_writable(path: Path) -> None:
-    """Fail before training, not at the first save, when ``path`` cannot be written."""
-    if path.is_dir():
-        raise IsADirectoryError(f"checkpoint_path {path} is a directory; give a file path such "
-                                f"as {path / 'run.pt'}.")
-    folder = next((p for p in [path.parent, *path.parent.parents] if p.exists()), Path("."))
-    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
-        raise PermissionError(f"cannot write the checkpoint {path}: {folder} is not a writable "
-                              f"folder; choose another checkpoint_path.")
 
 
 def _plain(values):
