@@ -409,14 +409,15 @@ def suggest_scales(dataset, min_size: int, max_size: int, *, limit: int = 500) -
 
 
 # -- a labelling tool's export, made from the shapes (tests, chapter 14) ---------------------
-TOOL_CATEGORY_IDS = (5, 9, 12, 0, 31)  # non-contiguous, one 0-based id (Label Studio style)
+TOOL_CATEGORY_IDS = (5, 0, 12, 9, 31)  # gaps, out of order, one 0 (Label Studio numbers from 0)
 
 
 def write_tool_export(dataset, root: PathLike, fmt: str, *, empty_images: int = 2,
-                      crowd: int = 1, difficult: int = 1, split: str = "train") -> Path:
+                      crowd: int = 1, difficult: int = 1, split: str = "train",
+                      labelled: Optional[Sequence[str]] = None) -> Path:
     """Write shapes images as a labelling tool exports them; returns the file to pass.
 
-    ``fmt="coco"``: CVAT's layout, ``annotations/instances_default.json`` with
+    ``fmt="coco"``: CVAT's layout, ``annotations/instances_<split>.json`` with
     the images in ``images/<split>/`` (``file_name`` has the subfolder), the
     categories numbered :data:`TOOL_CATEGORY_IDS` (not 1..K, listed out of
     order), ``segmentation``/``attributes`` fields, the first ``crowd`` boxes
@@ -424,7 +425,8 @@ def write_tool_export(dataset, root: PathLike, fmt: str, *, empty_images: int = 
     ``<truncated>``, 1-based pixel indices) in a VOC folder with
     ``ImageSets/Main/<split>.txt``, the first ``difficult`` objects marked
     difficult. Both end with ``empty_images`` images that hold no object (the
-    tool lists them with no boxes).
+    tool lists them with no boxes). ``labelled``: the classes the labeller was
+    asked to mark (default all); objects of the other classes stay unlabelled.
     """
     from xml.etree import ElementTree as ET
 
@@ -440,7 +442,13 @@ def write_tool_export(dataset, root: PathLike, fmt: str, *, empty_images: int = 
         blank = ShapesDataset("test", empty_images, image_size=(height, width),
                               objects_per_image=(0, 0), seed=99)
         samples += [blank[i] for i in range(empty_images)]
-    classes = class_names_of(dataset)
+    drawn = class_names_of(dataset)
+    classes = tuple(labelled) if labelled is not None else drawn
+    unknown = sorted(set(classes) - set(drawn))
+    if unknown:
+        raise ValueError(f"labelled={list(classes)}: {unknown} are not classes of the dataset "
+                         f"{list(drawn)}.")
+    samples = [(image, _relabel(target, drawn, classes)) for image, target in samples]
     if fmt == "coco":
         folder = root / "images" / split
         folder.mkdir(parents=True, exist_ok=True)
@@ -458,7 +466,7 @@ def write_tool_export(dataset, root: PathLike, fmt: str, *, empty_images: int = 
                                     "segmentation": [], "attributes": {"occluded": False}})
         categories = [{"id": c, "name": n, "supercategory": ""}
                       for c, n in sorted(zip(TOOL_CATEGORY_IDS, classes), key=lambda p: p[1])]
-        path = root / "annotations" / "instances_default.json"
+        path = root / "annotations" / f"instances_{split}.json"  # CVAT: one per subset
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps({"licenses": [], "info": {"description": "export"},
                                     "categories": categories, "images": images,
@@ -495,6 +503,14 @@ def write_tool_export(dataset, root: PathLike, fmt: str, *, empty_images: int = 
         ET.ElementTree(ann).write(root / "Annotations" / f"{name}.xml")
     (root / "ImageSets" / "Main" / f"{split}.txt").write_text("\n".join(names) + "\n")
     return root
+
+
+def _relabel(target: dict, drawn: Sequence[str], classes: Sequence[str]) -> dict:
+    """Keep the boxes of ``classes``, labelled by their place in ``classes`` (1..K)."""
+    names = [drawn[k - 1] for k in target["labels"].tolist()]
+    keep = torch.tensor([n in classes for n in names], dtype=torch.bool)
+    labels = [classes.index(n) + 1 for n in names if n in classes]
+    return {"boxes": target["boxes"][keep], "labels": torch.tensor(labels, dtype=torch.int64)}
 
 
 def _save_png(image: torch.Tensor, path: Path) -> None:
