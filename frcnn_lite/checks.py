@@ -353,3 +353,71 @@ def check_nms_top_n(boxes: torch.Tensor, scores: torch.Tensor, top_n: int, chunk
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}.")
     return chunk_size
+
+
+# -- anchors.py -------------------------------------------------------------------------------
+def check_anchor_shapes(scales, ratios) -> None:
+    """At least one scale and one ratio, all positive and finite."""
+    if len(scales) == 0 or len(ratios) == 0:
+        raise ValueError(f"anchors need at least one scale and one ratio, got scales="
+                         f"{list(scales)}, ratios={list(ratios)}; the paper uses scales (128, "
+                         f"256, 512), ratios (0.5, 1, 2).")
+    scales_t = torch.as_tensor(scales, dtype=torch.float64)
+    ratios_t = torch.as_tensor(ratios, dtype=torch.float64)
+    if bool((scales_t <= 0).any()) or not bool(torch.isfinite(scales_t).all()):
+        raise ValueError(f"anchor scales must be positive and finite (side lengths in pixels), "
+                         f"got {list(scales)}.")
+    if bool((ratios_t <= 0).any()) or not bool(torch.isfinite(ratios_t).all()):
+        raise ValueError(f"anchor ratios (h / w) must be positive and finite, got "
+                         f"{list(ratios)}.")
+
+
+def check_grid(feature_size, stride, base: torch.Tensor) -> None:
+    """A feature map of at least one cell, a positive stride, ``(A, 4)`` base anchors."""
+    height, width = int(feature_size[0]), int(feature_size[1])
+    if height <= 0 or width <= 0:
+        raise ValueError(f"feature_size must be (H, W) with H, W >= 1, got "
+                         f"{tuple(feature_size)}; the image may be smaller than the backbone's "
+                         f"stride.")
+    if not stride > 0:
+        raise ValueError(f"stride must be positive (input pixels per feature cell), got "
+                         f"{stride}.")
+    if base.dim() != 2 or base.shape[-1] != 4:
+        raise ValueError(f"base must be (A, 4) anchors from base_anchors, got "
+                         f"{tuple(base.shape)}.")
+
+
+def check_gt_inside(gt_boxes: torch.Tensor, image_size, tolerance: float = 1e-3) -> None:
+    """Every ground-truth box lies inside its ``(H, W)`` image (the library never clips
+    targets silently)."""
+    height, width = image_size
+    outside = ((gt_boxes[:, 0] < -tolerance) | (gt_boxes[:, 1] < -tolerance)
+               | (gt_boxes[:, 2] > width + tolerance) | (gt_boxes[:, 3] > height + tolerance))
+    if bool(outside.any()):
+        i = int(outside.nonzero()[0])
+        raise ValueError(f"gt_boxes[{i}] = {gt_boxes[i].tolist()} lies outside the image of size "
+                         f"(H, W) = {tuple(image_size)}; fix the annotation or clip it with "
+                         f"boxes.clip_boxes before training (the library never clips targets "
+                         f"silently).")
+
+
+def check_label_inputs(anchors, gt_boxes, image_size) -> None:
+    """:func:`~frcnn_lite.anchors.label_anchors`' inputs: one device, valid boxes inside."""
+    # Devices first: the value checks below cannot read a tensor on the wrong device.
+    if (isinstance(anchors, torch.Tensor) and isinstance(gt_boxes, torch.Tensor)
+            and anchors.device != gt_boxes.device):
+        raise ValueError(f"anchors are on {anchors.device} but gt_boxes on {gt_boxes.device}; "
+                         f"move them to one device, e.g. gt_boxes.to(anchors.device).")
+    check_boxes(anchors, "anchors")
+    check_boxes(gt_boxes, "gt_boxes")
+    check_gt_inside(gt_boxes, image_size)
+
+
+def check_anchor_sampling(labels: torch.Tensor, batch_size_per_image: int,
+                          positive_fraction: float) -> None:
+    if labels.dim() != 1:
+        raise ValueError(f"labels must be (N,) as returned by label_anchors, got "
+                         f"{tuple(labels.shape)}.")
+    if batch_size_per_image < 1 or not 0.0 <= positive_fraction <= 1.0:
+        raise ValueError(f"need batch_size_per_image >= 1 and 0 <= positive_fraction <= 1, got "
+                         f"{batch_size_per_image} and {positive_fraction}.")
