@@ -37,8 +37,9 @@ def _kernel():
     import triton.language as tl
 
     if int(triton.__version__.split(".")[0]) < 3:
-        raise RuntimeError(f"roi_pool_triton needs triton >= 3.0 (PyTorch >= 2.4 ships it), "
-                           f"found {triton.__version__}; use frcnn_lite.roi_pool.roi_pool.")
+        raise RuntimeError(
+            f"roi_pool_triton needs triton >= 3.0 (PyTorch >= 2.4 ships it), found "
+            f"{triton.__version__}; use frcnn_lite.roi_pool.roi_pool instead.")
 
     @triton.jit
     def roi_max_pool(

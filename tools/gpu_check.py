@@ -12,7 +12,10 @@ order of importance:
    missing, ``pip install``s requirements.txt (never torch/torchvision: the
    machine's CUDA build stays) from ``--wheels DIR`` when given (``--no-index``: a
    GPU machine without a registry needs a wheel folder carried along; make one
-   with ``--fetch-wheels``), else from the configured index.
+   with ``--fetch-wheels``; it leaves out numpy and pillow, which torchvision
+   brings, to stay under the device tool's 64 MiB ``carry``), else from the
+   configured index; where pip refuses an "externally managed" system Python it
+   retries with ``--break-system-packages`` (a lent machine is thrown away after).
 2. The unit tests (tests/, without test_book.py, which renders the site), CUDA
    tests included, started in the background on the second half of the CPU cores.
 3. Every chapter under nbval (``--nbval-lax``, the README's test command), one
@@ -119,6 +122,10 @@ def ensure_dependencies(args, out: Path, clock: Clock) -> dict:
             command[4:4] = ["--no-index", "--find-links", str(Path(args.wheels).resolve())]
         log(f"missing {missing}: {' '.join(command[:8])} ...")
         result["pip"] = run(command, timeout=min(180, clock.left()), log_path=out / "pip.log")
+        if result["pip"]["exit_status"] != 0:  # e.g. an "externally managed" system Python
+            command.insert(4, "--break-system-packages")
+            result["pip_retry"] = run(command, timeout=min(180, clock.left()),
+                                      log_path=out / "pip-retry.log")
         result["missing_after"] = missing_modules(sys.executable)
     return result
 
@@ -130,6 +137,9 @@ def fetch_wheels(directory: str, python_version: str) -> None:
                "--platform", "manylinux_2_17_x86_64", "--platform", "manylinux_2_28_x86_64",
                *requirements()]
     subprocess.run(command, check=True)
+    for wheel in Path(directory).glob("*.whl"):  # torchvision's own dependencies: already there
+        if wheel.name.lower().startswith(("numpy-", "pillow-")):
+            wheel.unlink()
     size = sum(f.stat().st_size for f in Path(directory).iterdir()) / 2 ** 20
     print(f"{directory}: {len(list(Path(directory).iterdir()))} wheels, {size:.0f} MiB "
           f"(the device tool carries at most 64 MiB: drop what the machine already has)")
