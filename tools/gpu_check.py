@@ -20,9 +20,10 @@ order of importance:
    tests included, started in the background on the second half of the CPU cores.
 3. Every chapter under nbval (``--nbval-lax``, the README's test command), one
    at a time on the first half of the cores, each one's wall time recorded.
-4. The benchmarks: ``benchmarks/run_all.py --device cuda --quick``,
+4. The benchmarks: ``benchmarks/batched_targets.py --device cuda``,
    ``benchmarks/train_vs_torchvision.py --device cuda`` (the demo recipe, the tiny
-   config) and ``benchmarks/batched_targets.py --device cuda``.
+   config), ``benchmarks/roi_pool_triton.py`` (the Triton kernel vs torchvision's
+   CUDA op) and ``benchmarks/run_all.py --device cuda --quick``.
 
 Writes ``benchmarks/results/gpu-chapter-times.json`` and ``.md`` (each chapter's
 GPU time next to its CPU time from ``book/_timings.json``, and whether nbval
@@ -247,6 +248,8 @@ def main(argv=None) -> int:
         ("train_vs_torchvision", ["benchmarks/train_vs_torchvision.py", "--device", device,
                                   "--json", str(out / f"train-vs-torchvision-{device}.json")]
          + (["--iterations", "2", "--num-images", "8", "--eval-images", "4"] if args.dry_run else [])),
+        ("roi_pool_triton", ["benchmarks/roi_pool_triton.py", "--json",
+                             str(out / f"roi-pool-triton-{device}.json")]),
         ("run_all", ["benchmarks/run_all.py", "--device", device, "--quick", "--note",
                      "tools/gpu_check.py", "--out", str(out / f"run-all-{device}.json")]),
     ]
@@ -277,7 +280,8 @@ def main(argv=None) -> int:
     if info["cuda"] and not args.dry_run:
         for name in ("gpu-chapter-times.json", "gpu-chapter-times.md"):
             shutil.copy(out / name, RESULTS / name)
-        for name in ("batched-targets-cuda.json", "train-vs-torchvision-cuda.json"):
+        for name in ("batched-targets-cuda.json", "train-vs-torchvision-cuda.json",
+                     "roi-pool-triton-cuda.json"):
             if (out / name).exists():
                 shutil.copy(out / name, RESULTS / name)
         if (out / "run-all-cuda.json").exists():
