@@ -421,3 +421,76 @@ def check_anchor_sampling(labels: torch.Tensor, batch_size_per_image: int,
     if batch_size_per_image < 1 or not 0.0 <= positive_fraction <= 1.0:
         raise ValueError(f"need batch_size_per_image >= 1 and 0 <= positive_fraction <= 1, got "
                          f"{batch_size_per_image} and {positive_fraction}.")
+
+
+# -- rpn.py -----------------------------------------------------------------------------------
+def check_rpn_head_settings(in_channels: int, num_anchors: int) -> None:
+    if in_channels < 1 or num_anchors < 1:
+        raise ValueError(f"need in_channels >= 1 and num_anchors >= 1, got {in_channels}, "
+                         f"{num_anchors}; in_channels is the backbone's out_channels.")
+
+
+def check_features(features: torch.Tensor, in_channels: int, who: str) -> None:
+    """A ``(B, in_channels, Hf, Wf)`` feature map for the layer named ``who``."""
+    if features.dim() != 4 or features.shape[1] != in_channels:
+        raise ValueError(f"features must be (B, {in_channels}, Hf, Wf), got "
+                         f"{tuple(features.shape)}; build {who} with the backbone's "
+                         f"out_channels.")
+
+
+def check_rpn_loss_inputs(cls_logits, deltas, labels, regression_targets, num_locations,
+                          normalization) -> None:
+    """Eq. 1's inputs: ``(N, 2)``, ``(N, 4)``, ``(N,)`` int64, ``(N, 4)``; a known normalisation."""
+    n = labels.shape[0]
+    if labels.dim() != 1 or labels.dtype != torch.int64:
+        raise TypeError(f"labels must be (N,) int64 (1 / 0 / -1 from sample_anchors), "
+                        f"got {tuple(labels.shape)} {labels.dtype}.")
+    for name, t, c in (("cls_logits", cls_logits, 2), ("deltas", deltas, 4),
+                       ("regression_targets", regression_targets, 4)):
+        if t.shape != (n, c):
+            raise ValueError(f"{name} must be ({n}, {c}) to match labels (N,) = ({n},), got "
+                             f"{tuple(t.shape)}; flatten head outputs with "
+                             f"flatten_head_outputs.")
+    if normalization not in ("paper", "batch"):
+        raise ValueError(f"normalization must be 'paper' or 'batch', got {normalization!r}.")
+    if normalization == "paper" and (num_locations is None or num_locations < 1):
+        raise ValueError("normalization='paper' divides the box loss by N_reg, the number of "
+                         "anchor locations (Hf * Wf summed over images): pass "
+                         "num_locations=..., or use normalization='batch'.")
+
+
+def check_proposal_inputs(anchors, objectness, deltas, image_sizes) -> None:
+    """The proposal layer's inputs: shapes, one device, and finite values.
+
+    Non-finite scores or deltas mean training diverged (NMS would silently
+    return garbage). One host sync; NMS syncs anyway, since how many boxes it
+    keeps depends on the data.
+    """
+    if objectness.dim() != 2 or deltas.shape != (*objectness.shape, 4):
+        raise ValueError(f"need objectness (B, N) and deltas (B, N, 4), got "
+                         f"{tuple(objectness.shape)} and {tuple(deltas.shape)}.")
+    if anchors.shape != (objectness.shape[1], 4):
+        raise ValueError(f"anchors must be (N, 4) = ({objectness.shape[1]}, 4) to match "
+                         f"objectness, got {tuple(anchors.shape)}; were they made for another "
+                         f"feature size?")
+    if len(image_sizes) != objectness.shape[0]:
+        raise ValueError(f"got {len(image_sizes)} image sizes for {objectness.shape[0]} images.")
+    if not anchors.device == objectness.device == deltas.device:
+        raise ValueError(f"anchors ({anchors.device}), objectness ({objectness.device}) and "
+                         f"deltas ({deltas.device}) must be on one device; move them with "
+                         f".to(device).")
+    # x * 0 is 0 for finite x and NaN for NaN or inf: one cheap pass finds either.
+    if not bool(torch.isfinite((objectness * 0).sum() + (deltas * 0).sum())):
+        raise ValueError("NaN or inf objectness scores or deltas reached the proposal layer: "
+                         "training has diverged (try a lower learning rate, check that images "
+                         "are in [0, 1] and targets are valid), or the backbone produced "
+                         "non-finite features.")
+
+
+def check_batch(features: torch.Tensor, image_sizes, targets=None) -> None:
+    """One ``(H, W)`` image size, and (when given) one target, per feature map."""
+    if len(image_sizes) != features.shape[0]:
+        raise ValueError(f"got {len(image_sizes)} image sizes for a batch of "
+                         f"{features.shape[0]} feature maps; pass one (H, W) per image.")
+    if targets is not None and len(targets) != features.shape[0]:
+        raise ValueError(f"got {len(targets)} targets for {features.shape[0]} images.")

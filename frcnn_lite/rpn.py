@@ -24,42 +24,42 @@ from torch import nn
 
 from frcnn_lite.anchors import POSITIVE, base_anchors, grid_anchors, label_anchors, sample_anchors
 from frcnn_lite.boxes import clip_boxes, decode_boxes, encode_boxes, nms_top_n
+from frcnn_lite.checks import (check_batch, check_features, check_proposal_inputs,
+                               check_rpn_head_settings, check_rpn_loss_inputs)
 
 Size = Tuple[int, int]
 
 
 class RPNHead(nn.Module):
-    """The RPN's sliding network (§3.1): 3x3 conv + ReLU, then 1x1 convs to 2A and 4A.
+    """The RPN's sliding network (§3.1): 3x3 conv + ReLU, then 1x1 convs.
 
-    ``forward(features (B, C, Hf, Wf)) -> (cls_logits (B, 2A, Hf, Wf), deltas (B, 4A, Hf, Wf))``.
-
-    Channel layout, anchor-major: channels ``2a, 2a + 1`` are the (background,
-    object) logits of base anchor ``a`` (a two-class softmax per anchor, as in
-    the paper), channels ``4a .. 4a + 3`` its deltas ``(t_x, t_y, t_w, t_h)``
-    of Eq. 2. ``mid_channels`` defaults to ``in_channels`` (512 for VGG-16,
-    256 for ZF, as in §3.1). New layers start from N(0, 0.01), biases 0 (§3.4).
+    ``forward(features (B, C, Hf, Wf))`` -> ``cls_logits (B, 2A, Hf, Wf)``,
+    ``deltas (B, 4A, Hf, Wf)``. Channels are anchor-major: ``2a, 2a + 1``
+    are the (background, object) logits of base anchor ``a`` (a two-class
+    softmax per anchor, as in the paper), ``4a .. 4a + 3`` its deltas
+    ``(t_x, t_y, t_w, t_h)`` of Eq. 2. ``mid_channels`` defaults to
+    ``in_channels`` (512 for VGG-16, 256 for ZF, §3.1). The layers start
+    from N(0, 0.01) with zero biases (§3.1.3).
     """
 
-    def __init__(self, in_channels: int, num_anchors: int = 9, mid_channels: Optional[int] = None):
+    def __init__(self, in_channels: int, num_anchors: int = 9,
+                 mid_channels: Optional[int] = None):
         super().__init__()
-        if in_channels < 1 or num_anchors < 1:
-            raise ValueError(f"need in_channels >= 1 and num_anchors >= 1, got {in_channels}, "
-                             f"{num_anchors}; in_channels is the backbone's out_channels.")
-        mid_channels = in_channels if mid_channels is None else mid_channels
+        check_rpn_head_settings(in_channels, num_anchors)
+        mid = in_channels if mid_channels is None else mid_channels
         self.num_anchors = num_anchors
-        self.conv = nn.Conv2d(in_channels, mid_channels, kernel_size=3, padding=1)
-        self.cls_logits = nn.Conv2d(mid_channels, 2 * num_anchors, kernel_size=1)
-        self.bbox_pred = nn.Conv2d(mid_channels, 4 * num_anchors, kernel_size=1)
+        self.conv = nn.Conv2d(in_channels, mid, kernel_size=3, padding=1)
+        self.cls_logits = nn.Conv2d(mid, 2 * num_anchors, kernel_size=1)
+        self.bbox_pred = nn.Conv2d(mid, 4 * num_anchors, kernel_size=1)
         for layer in (self.conv, self.cls_logits, self.bbox_pred):
             nn.init.normal_(layer.weight, std=0.01)
             nn.init.zeros_(layer.bias)
 
-    def forward(self, features: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        if features.dim() != 4 or features.shape[1] != self.conv.in_channels:
-            raise ValueError(f"features must be (B, {self.conv.in_channels}, Hf, Wf), got "
-                             f"{tuple(features.shape)}; build RPNHead with the backbone's out_channels.")
+    def forward(self, features: torch.Tensor):
+        check_features(features, self.conv.in_channels, "RPNHead")
         hidden = F.relu(self.conv(features))  # (B, mid, Hf, Wf)
-        return self.cls_logits(hidden), self.bbox_pred(hidden)  # (B, 2A, Hf, Wf), (B, 4A, Hf, Wf)
+        # (B, 2A, Hf, Wf), (B, 4A, Hf, Wf)
+        return self.cls_logits(hidden), self.bbox_pred(hidden)
 
 
 def flatten_head_outputs(cls_logits: torch.Tensor, deltas: torch.Tensor
@@ -81,106 +81,74 @@ def objectness_maps(cls_logits: torch.Tensor) -> torch.Tensor:
     return cls_logits.reshape(b, two_a // 2, 2, h, w).softmax(dim=2)[:, :, 1]  # (B, A, Hf, Wf)
 
 
-def rpn_loss(cls_logits: torch.Tensor, deltas: torch.Tensor, labels: torch.Tensor,
-             regression_targets: torch.Tensor, *, num_locations: Optional[int] = None,
-             normalization: str = "paper", lambda_reg: float = 10.0, beta: float = 1.0
-             ) -> Dict[str, torch.Tensor]:
-    """Eq. 1 (§3.1.2): ``L = 1/N_cls sum_i L_cls(p_i, p*_i) + lambda 1/N_reg sum_i p*_i L_reg(t_i, t*_i)``.
+def rpn_loss(cls_logits: torch.Tensor, deltas: torch.Tensor,
+             labels: torch.Tensor, regression_targets: torch.Tensor, *,
+             num_locations: Optional[int] = None, normalization: str = "paper",
+             lambda_reg: float = 10.0, beta: float = 1.0) -> dict:
+    """Eq. 1 (§3.1.2), the RPN's loss over the sampled anchors of all images:
 
-    Args:
-        cls_logits: ``(N, 2)`` (background, object) logits, anchors of all images.
-        deltas: ``(N, 4)`` predicted ``t_i``.
-        labels: ``(N,)`` int64 sampled labels ``p*``: 1 / 0 count, -1 is left out.
-        regression_targets: ``(N, 4)`` ``t*`` (only positive rows are read).
-        num_locations: anchor locations ``Hf * Wf`` summed over the images, the
-            paper's N_reg (~2400 for a 1000x600 image); needed for "paper".
-        normalization: ``"paper"``: N_cls = sampled anchors (256 per image),
-            N_reg = ``num_locations``, lambda = 10. ``"batch"`` (torchvision,
-            detectron2): N_reg = N_cls = sampled anchors, used there with lambda
-            = 1; as 10 / 2400 ~ 1 / 256 the two agree on 1000x600 images.
-        beta: smooth-L1 knee (1 is Fast R-CNN's; py-faster-rcnn's RPN uses 1/9).
+        L = 1/N_cls sum L_cls(p_i, p*_i) + λ/N_reg sum p*_i L_reg(t_i, t*_i)
 
-    Returns ``{"loss_objectness", "loss_rpn_box_reg"}``, scalars; lambda is
-    already applied, so the RPN's loss is their sum. L_cls is the two-class
-    log loss, L_reg smooth L1 summed over the 4 coordinates.
+    ``cls_logits (N, 2)`` (background, object); ``deltas (N, 4)``, the
+    ``t_i``; ``labels (N,)`` int64, the sampled ``p*`` (1 and 0 count, -1 is
+    left out); ``regression_targets (N, 4)``, the ``t*`` (positive rows are
+    read). ``normalization="paper"``: N_cls = the sampled anchors (256 per
+    image), N_reg = ``num_locations`` (``Hf * Wf`` summed over the images,
+    ~2400 for 1000x600), lambda = 10. ``"batch"`` (torchvision, detectron2):
+    N_reg = N_cls, used there with lambda = 1; as 10 / 2400 ~ 1 / 256 the
+    two agree on 1000x600 images. ``beta``: the smooth-L1 knee (py-faster-rcnn's
+    RPN uses 1/9). Returns ``{"loss_objectness", "loss_rpn_box_reg"}``, lambda
+    applied: the RPN's loss is their sum.
     """
-    n = labels.shape[0]
-    if labels.dim() != 1 or labels.dtype != torch.int64:
-        raise TypeError(f"labels must be (N,) int64 (1 / 0 / -1 from sample_anchors), "
-                        f"got {tuple(labels.shape)} {labels.dtype}.")
-    for name, t, c in (("cls_logits", cls_logits, 2), ("deltas", deltas, 4),
-                       ("regression_targets", regression_targets, 4)):
-        if t.shape != (n, c):
-            raise ValueError(f"{name} must be ({n}, {c}) to match labels (N,) = ({n},), got "
-                             f"{tuple(t.shape)}; flatten head outputs with flatten_head_outputs.")
-    if normalization not in ("paper", "batch"):
-        raise ValueError(f"normalization must be 'paper' or 'batch', got {normalization!r}.")
-    if normalization == "paper" and (num_locations is None or num_locations < 1):
-        raise ValueError("normalization='paper' divides the box loss by N_reg, the number of anchor "
-                         "locations (Hf * Wf summed over images): pass num_locations=..., or use "
-                         "normalization='batch'.")
+    check_rpn_loss_inputs(cls_logits, deltas, labels, regression_targets,
+                          num_locations, normalization)
     sampled = labels >= 0  # (N,)
     positive = labels == POSITIVE  # (N,)
-    num_sampled = sampled.sum().clamp(min=1)  # N_cls; a tensor, so no host sync
-    loss_cls = F.cross_entropy(cls_logits[sampled], labels[sampled], reduction="sum") / num_sampled
-    box = F.smooth_l1_loss(deltas[positive], regression_targets[positive], beta=beta, reduction="sum")
+    num_sampled = sampled.sum().clamp(min=1)  # N_cls; a tensor: no host sync
+    loss_cls = F.cross_entropy(cls_logits[sampled], labels[sampled],
+                               reduction="sum") / num_sampled
+    box = F.smooth_l1_loss(deltas[positive], regression_targets[positive],
+                           beta=beta, reduction="sum")
     n_reg = num_locations if normalization == "paper" else num_sampled
-    return {"loss_objectness": loss_cls, "loss_rpn_box_reg": lambda_reg * box / n_reg}
+    return {"loss_objectness": loss_cls,
+            "loss_rpn_box_reg": lambda_reg * box / n_reg}
 
 
-def generate_proposals_batch(anchors: torch.Tensor, objectness: torch.Tensor, deltas: torch.Tensor,
-                             image_sizes: Sequence[Size], *, pre_nms_top_n: int, post_nms_top_n: int,
+def generate_proposals_batch(anchors: torch.Tensor, objectness: torch.Tensor,
+                             deltas: torch.Tensor, image_sizes: Sequence[Size],
+                             *,
+                             pre_nms_top_n: int, post_nms_top_n: int,
                              nms_thresh: float = 0.7, min_size: float = 16.0
                              ) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
     """The proposal layer (§3.3) for B images at once.
 
-    ``anchors (N, 4)`` shared by the images, ``objectness (B, N)`` (probability
-    or logit: only the order matters), ``deltas (B, N, 4)``, one ``(H, W)`` per
-    image -> lists of B ``boxes (P_i, 4)`` and ``scores (P_i,)``, best first.
-
-    Steps: decode Eq. 2, clip to the image, drop boxes under ``min_size`` on a
-    side, keep the ``pre_nms_top_n`` best, NMS at ``nms_thresh`` per image,
-    keep the ``post_nms_top_n`` best. The last two steps are
-    :func:`frcnn_lite.boxes.nms_top_n`, which gives exactly
-    ``torchvision.ops.nms(...)[:post_nms_top_n]`` but stops early (chapter 13).
-    Non-finite scores or deltas raise: they mean training diverged, and NMS
-    would silently return garbage.
+    ``anchors (N, 4)`` shared by the images, ``objectness (B, N)`` (only the
+    order matters: probability or logit), ``deltas (B, N, 4)``, one ``(H, W)``
+    per image -> lists of ``boxes (P_i, 4)`` and ``scores (P_i,)``, best first.
+    Steps: decode Eq. 2, clip to the image, drop boxes under ``min_size``,
+    keep the ``pre_nms_top_n`` best, NMS at ``nms_thresh`` per image, keep
+    the ``post_nms_top_n`` best (:func:`~frcnn_lite.boxes.nms_top_n`: exactly
+    ``torchvision.ops.nms(...)[:post_nms_top_n]``, stopping early).
     """
-    if objectness.dim() != 2 or deltas.shape != (*objectness.shape, 4):
-        raise ValueError(f"need objectness (B, N) and deltas (B, N, 4), got {tuple(objectness.shape)} "
-                         f"and {tuple(deltas.shape)}.")
-    if anchors.shape != (objectness.shape[1], 4):
-        raise ValueError(f"anchors must be (N, 4) = ({objectness.shape[1]}, 4) to match objectness, "
-                         f"got {tuple(anchors.shape)}; were they made for another feature size?")
-    if len(image_sizes) != objectness.shape[0]:
-        raise ValueError(f"got {len(image_sizes)} image sizes for {objectness.shape[0]} images.")
-    if not anchors.device == objectness.device == deltas.device:
-        raise ValueError(f"anchors ({anchors.device}), objectness ({objectness.device}) and deltas "
-                         f"({deltas.device}) must be on one device; move them with .to(device).")
-    # One host sync; NMS syncs anyway, since how many boxes it keeps depends on the data.
-    # x * 0 is 0 for finite x and NaN for NaN or inf: one cheap pass finds either.
-    if not bool(torch.isfinite((objectness * 0).sum() + (deltas * 0).sum())):
-        raise ValueError("NaN or inf objectness scores or deltas reached the proposal layer: training "
-                         "has diverged (try a lower learning rate, check that images are in [0, 1] "
-                         "and targets are valid), or the backbone produced non-finite features.")
+    check_proposal_inputs(anchors, objectness, deltas, image_sizes)
     b, n = objectness.shape
-    boxes = decode_boxes(anchors.repeat(b, 1), deltas.reshape(-1, 4), validate=False)  # (B * N, 4)
-    sizes = torch.as_tensor([[w, h, w, h] for h, w in image_sizes], dtype=boxes.dtype,
-                            device=boxes.device)  # (B, 4)
-    boxes = torch.min(boxes.view(b, n, 4).clamp(min=0), sizes[:, None, :])  # (B, N, 4), clipped
+    boxes = decode_boxes(anchors.repeat(b, 1), deltas.reshape(-1, 4),
+                         validate=False).view(b, n, 4)
+    sizes = torch.as_tensor([[w, h, w, h] for h, w in image_sizes],
+                            dtype=boxes.dtype, device=boxes.device)  # (B, 4)
+    boxes = torch.min(boxes.clamp(min=0), sizes[:, None, :])  # clipped
     wh = boxes[..., 2:] - boxes[..., :2]  # (B, N, 2)
     big = (wh >= min_size).all(dim=-1)  # (B, N)
-    # Small boxes get score -inf so that one top-k serves every image; they are dropped after.
+    # Small boxes score -inf, so one top-k serves every image; dropped below.
     scores = objectness.masked_fill(~big, float("-inf"))  # (B, N)
-    scores, order = scores.topk(min(pre_nms_top_n, n), dim=1)  # (B, K), sorted, -inf last
+    scores, order = scores.topk(min(pre_nms_top_n, n), dim=1)  # (B, K) sorted
     boxes = boxes.gather(1, order[..., None].expand(-1, -1, 4))  # (B, K, 4)
-    num_valid = torch.isfinite(scores).sum(dim=1).tolist()  # B ints: small boxes are a suffix
+    num_valid = torch.isfinite(scores).sum(dim=1).tolist()  # small boxes: last
     out_boxes, out_scores = [], []
     for i in range(b):  # B images; no loop over boxes
-        boxes_i, scores_i = boxes[i, :num_valid[i]], scores[i, :num_valid[i]]  # (V, 4), (V,)
-        # = nms(boxes_i, scores_i)[:post_nms_top_n], stopping once enough boxes survive.
-        keep = nms_top_n(boxes_i, scores_i, nms_thresh, post_nms_top_n)  # (P,) best first
-        out_boxes.append(boxes_i[keep])
+        boxes_i, scores_i = boxes[i, :num_valid[i]], scores[i, :num_valid[i]]
+        keep = nms_top_n(boxes_i, scores_i, nms_thresh, post_nms_top_n)
+        out_boxes.append(boxes_i[keep])  # (P_i, 4), best first
         out_scores.append(scores_i[keep])
     return out_boxes, out_scores
 
@@ -256,25 +224,23 @@ class RegionProposalNetwork(nn.Module):
     def forward(self, features: torch.Tensor, image_sizes: Sequence[Size],
                 targets: Optional[List[dict]] = None
                 ) -> Tuple[List[torch.Tensor], Dict[str, torch.Tensor]]:
-        if len(image_sizes) != features.shape[0]:
-            raise ValueError(f"got {len(image_sizes)} image sizes for a batch of {features.shape[0]} "
-                             f"feature maps; pass one (H, W) per image.")
+        check_batch(features, image_sizes, targets)
         cls_logits, deltas = self.head(features)  # (B, 2A, Hf, Wf), (B, 4A, Hf, Wf)
-        logits, deltas = flatten_head_outputs(cls_logits, deltas)  # (B, N, 2), (B, N, 4)
+        logits, deltas = flatten_head_outputs(cls_logits, deltas)  # (B, N, 2|4)
         anchors = self.anchors(features.shape[-2:])  # (N, 4)
-        proposals, _ = self._proposals(anchors, logits.detach(), deltas.detach(), image_sizes)
+        proposals, _ = self._proposals(anchors, logits.detach(), deltas.detach(),
+                                       image_sizes)
         if targets is None:
             return proposals, {}
-        if len(targets) != features.shape[0]:
-            raise ValueError(f"got {len(targets)} targets for {features.shape[0]} images.")
         labels, reg_targets = self.targets_for(anchors, image_sizes, targets)
-        losses = rpn_loss(logits.reshape(-1, 2), deltas.reshape(-1, 4), labels.reshape(-1),
-                          reg_targets.reshape(-1, 4), normalization=self.loss_normalization,
-                          num_locations=features.shape[0] * features.shape[-2] * features.shape[-1],
+        b, _, height, width = features.shape
+        losses = rpn_loss(logits.reshape(-1, 2), deltas.reshape(-1, 4),
+                          labels.reshape(-1), reg_targets.reshape(-1, 4),
+                          normalization=self.loss_normalization,
+                          num_locations=b * height * width,
                           lambda_reg=self.lambda_reg, beta=self.smooth_l1_beta)
         return proposals, losses
 
-    @torch.no_grad()
     def propose(self, features: torch.Tensor, image_sizes: Sequence[Size]
                 ) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
         """Proposals and their object probabilities: lists of ``(P_i, 4)`` and ``(P_i,)``."""
