@@ -62,3 +62,17 @@ def test_setup_cell_installs_only_when_missing():
     assert 'find_spec("frcnn_lite") is None' in source
     assert book.repository_url() in source
     assert "pick_device" in source and "seed_everything" in source
+
+
+def test_problems_detects_a_stored_warning(tmp_path):
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_markdown_cell("# T"),
+                nbformat.v4.new_code_cell(book.setup_cell_source()),
+                nbformat.v4.new_code_cell("float(x)")]
+    for i, cell in enumerate(nb.cells[1:]):
+        cell.execution_count = i + 1
+    nb.cells[2].outputs = [nbformat.v4.new_output(
+        "stream", name="stderr", text="x.py:3: UserWarning: Converting a tensor ...\n")]
+    path = tmp_path / "x.ipynb"
+    nbformat.write(nb, path)
+    assert "stored a warning (x.py:3: UserWarning" in " ".join(book.problems(path))

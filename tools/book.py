@@ -198,10 +198,24 @@ def machine_description(device: str) -> str:
     return f"{os.cpu_count()}-core CPU ({platform.machine()})"
 
 
-def record_timing(path: Path, nb, seconds: float, load_before: float) -> Dict[str, object]:
-    """Store a chapter's wall time in ``book/_timings.json`` (one entry per device kind)."""
+def _children_cpu_seconds() -> float:
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def record_timing(path: Path, nb, seconds: float, load_before: float,
+                  kernel_cpu_seconds: float | None = None) -> Dict[str, object]:
+    """Store a chapter's wall time in ``book/_timings.json`` (one entry per device kind).
+
+    ``kernel_cpu_seconds`` is the CPU time the kernel process used (user + system, all
+    threads): unlike the wall time it hardly depends on what else the machine runs.
+    """
     device = device_of(nb)
     entry = {"seconds": round(seconds, 1), "device": device,
+             "kernel_cpu_seconds": round(kernel_cpu_seconds, 1)
+             if kernel_cpu_seconds is not None else None,
              "machine": machine_description(device), "cpus": os.cpu_count(),
              "load_before": round(load_before, 2) if load_before == load_before else None,
              "date": datetime.date.today().isoformat()}
@@ -225,7 +239,7 @@ def execute(paths: List[Path], timeout: int = 900) -> int:
         sync_setup_cell(nb)
         bind.adopt_templates(nb)
         load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), _children_cpu_seconds()
         os.environ[bind.ENV] = "1"  # the kernel inherits it: bind() emits its values
         try:
             client = NotebookClient(nb, timeout=timeout, kernel_name="python3",
@@ -234,13 +248,14 @@ def execute(paths: List[Path], timeout: int = 900) -> int:
         finally:
             os.environ.pop(bind.ENV, None)
         seconds = time.perf_counter() - start
+        kernel_cpu = _children_cpu_seconds() - cpu_start  # the kernel has exited and been reaped
         bind.collect_outputs(nb)
         errors = _render(path, nb)
         nb.metadata.setdefault("frcnn_lite", {})["execution_seconds"] = round(seconds, 1)
         nbformat.write(nb, path)
-        entry = record_timing(path, nb, seconds, load_before)
-        print(f"{path.name}: executed in {seconds:.1f} s on {entry['machine']} "
-              f"(load average before: {entry['load_before']})", flush=True)
+        entry = record_timing(path, nb, seconds, load_before, kernel_cpu)
+        print(f"{path.name}: executed in {seconds:.1f} s on {entry['machine']} (kernel CPU "
+              f"time {kernel_cpu:.0f} s; load average before: {entry['load_before']})", flush=True)
         for message in errors:
             print(message, file=sys.stderr)
         failures += errors

@@ -120,6 +120,8 @@ def _where(entry) -> str:
     if not entry:
         return ""
     text = f"{entry['machine']}, {entry['date']}"
+    if entry.get("kernel_cpu_seconds"):
+        text += f", kernel CPU time {entry['kernel_cpu_seconds']:.0f} s"
     if entry.get("load_before") is not None:
         text += f", load {entry['load_before']:.1f} at start"
     if entry.get("note"):
@@ -141,7 +143,10 @@ def timings_page() -> str:
              "execute` when the committed notebook was made (kernel start included). The CPU "
              "times were taken on a 2-core machine shared with other work, so they are upper "
              "bounds rather than benchmarks; the budget is four minutes per chapter on a 2-core "
-             "CPU. A chapter with a GPU switch (`FULL = torch.cuda.is_available()`) trains longer "
+             "CPU. Where it is recorded, the kernel's CPU time (all threads, user and "
+             "system) depends less on the other work, though not entirely; on an idle 2-core "
+             "machine a chapter's wall time would be roughly between half of it and all of it. "
+             "A chapter with a GPU switch (`FULL = torch.cuda.is_available()`) trains longer "
              "on a GPU, so its GPU time is not a speed-up of the same work.\n\n")
     text += _table(("chapter", "CPU", "CPU machine, date", "GPU", "GPU, date"), rows)
     measured = sum(1 for e in data.values() if "cpu" in e)

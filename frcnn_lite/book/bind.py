@@ -170,7 +170,7 @@ def _paper_text(name: str, spec: str) -> str:
     if len(parts) == 2:
         return paper.cite(parts[1])
     if parts[2] == "where":
-        return fact.where
+        return paper.where(parts[1])
     return format(fact.value, spec) if spec else paper.format_value(fact.value)
 
 
