@@ -35,6 +35,9 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
+from frcnn_lite.checks import (check_declared_stride, check_fits, check_image_size,
+                               check_tiny_settings)
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -97,13 +100,8 @@ class Backbone(nn.Module):
         self.fixed_parameters = tuple(n for n, p in self.named_parameters() if id(p) in fixed_ids)
         for module in fixed:
             module.requires_grad_(False)
-        self._ops = _spatial_ops(body)
-        total = 1
-        for _, s, _, _, _ in self._ops:
-            total *= s
-        if total != self.stride:
-            raise ValueError(f"backbone {name!r}: its layers have total stride {total}, "
-                             f"but stride={stride} was declared.")
+        self._ops = _spatial_ops(body)  # (k, s, p, d, ceil) of each layer
+        check_declared_stride(self._ops, self.stride, name)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, 3, H, W)`` normalised images -> ``(B, C, Hf, Wf)`` features."""
@@ -130,20 +128,15 @@ class Backbone(nn.Module):
 
         Applies each conv/pool layer's output-size formula,
         ``floor((n + 2p - d(k - 1) - 1) / s) + 1`` (``ceil`` for ceil-mode
-        pooling), so no forward pass is needed. VGG-16 on 600x1000 -> (37, 62).
+        pooling), so no forward pass is needed. VGG-16: 600x1000 -> (37, 62).
         """
-        height, width = int(image_size[0]), int(image_size[1])
-        if height < 1 or width < 1:
-            raise ValueError(f"image_size must be (H, W) with H, W >= 1, got {tuple(image_size)}.")
-        sizes = [height, width]
+        check_image_size(image_size)
+        sizes = [int(image_size[0]), int(image_size[1])]
         for k, s, p, d, ceil in self._ops:
             for i, n in enumerate(sizes):
                 span = n + 2 * p - d * (k - 1) - 1
                 n_out = (-(-span // s) if ceil else span // s) + 1
-                if span < 0 or n_out < 1:
-                    raise ValueError(f"an image of size (H, W) = {tuple(image_size)} is too "
-                                     f"small for backbone {self.name!r} (stride {self.stride}); "
-                                     f"resize it so both sides are at least {self.stride} pixels.")
+                check_fits(span, n_out, image_size, self)
                 sizes[i] = n_out
         return sizes[0], sizes[1]
 
@@ -168,26 +161,23 @@ def _conv_bn_relu(c_in: int, c_out: int, stride: int) -> nn.Sequential:
                          nn.BatchNorm2d(c_out), nn.ReLU(inplace=True))
 
 
-def tiny(pretrained: bool = False, *, widths: Sequence[int] = (16, 32, 64, 64, 128, 128, 128),
+def tiny(pretrained: bool = False, *,
+         widths: Sequence[int] = (16, 32, 64, 64, 128, 128, 128),
          strides: Sequence[int] = (2, 2, 2, 1, 2, 1, 1)) -> Backbone:
-    """The book's CPU backbone: 7 conv-BN-ReLU 3x3 layers, stride 16, 128 channels.
+    """The book's CPU backbone: 7 conv-BN-ReLU 3x3 layers, stride 16.
 
     Four stride-2 stages, like ZF's four downsamplings, but thin: about 0.18 G
-    multiply-adds for a 256x256 image (VGG-16: 20 G), so it trains from scratch on
-    a laptop. Receptive field 111 px (143 px with the RPN's 3x3 window), enough
-    for the shapes dataset's objects of 12 to ~200 px.
+    multiply-adds for a 256x256 image (VGG-16: 20 G), so it trains from
+    scratch on a laptop. Receptive field 111 px (143 px with the RPN's 3x3
+    window), enough for the shapes dataset's objects of 12 to ~200 px.
     """
-    if pretrained:
-        raise RuntimeError("the 'tiny' backbone has no pretrained weights: it is meant to be "
-                           "trained from scratch (chapter 9). Use pretrained=False.")
-    if len(widths) != len(strides):
-        raise ValueError(f"widths and strides must have the same length, got {len(widths)} and "
-                         f"{len(strides)}.")
+    check_tiny_settings(pretrained, widths, strides)
     layers, c_in, total = [], 3, 1
     for c_out, s in zip(widths, strides):
         layers.append(_conv_bn_relu(c_in, c_out, s))
         c_in, total = c_out, total * s
-    return Backbone(nn.Sequential(*layers), name="tiny", out_channels=c_in, stride=total)
+    return Backbone(nn.Sequential(*layers), name="tiny", out_channels=c_in,
+                    stride=total)
 
 
 def zf(pretrained: bool = False) -> Backbone:
@@ -237,12 +227,12 @@ def _load_weights(weights, weights_path: Optional[str], timeout: float) -> Dict[
 
 def vgg16(pretrained: bool = False, *, weights_path: Optional[str] = None,
           timeout: float = 30.0) -> Backbone:
-    """torchvision's VGG-16 to the ReLU after conv5_3: 13 conv layers, 512 channels, stride 16.
+    """torchvision's VGG-16 up to the ReLU after conv5_3 (13 conv layers).
 
-    ``features[:30]`` drops the last max-pool, so the stride is 16 (§3.1:
-    "13 shareable conv layers"). With ``pretrained=True`` conv1_1-conv2_2 stay
-    fixed, as py-faster-rcnn does (they learn generic edges; fine-tuning them
-    costs memory for no gain).
+    ``features[:30]`` drops the last max-pool: 512 channels at stride 16, the
+    13 shareable conv layers of §3.1. With ``pretrained=True`` conv1_1 to
+    conv2_2 stay fixed, as py-faster-rcnn does (they learn generic edges;
+    fine-tuning them costs memory for no gain).
     """
     from torchvision.models import VGG16_Weights
     from torchvision.models.vgg import cfgs, make_layers
@@ -251,12 +241,15 @@ def vgg16(pretrained: bool = False, *, weights_path: Optional[str] = None,
     # initialise) 120M classifier parameters that detection never uses.
     features = make_layers(cfgs["D"])  # the same modules as vgg16().features
     if pretrained:
-        state = _load_weights(VGG16_Weights.IMAGENET1K_V1, weights_path, timeout)
-        features.load_state_dict({k[len("features."):]: v for k, v in state.items()
-                                  if k.startswith("features.")})
+        weights = VGG16_Weights.IMAGENET1K_V1
+        state = _load_weights(weights, weights_path, timeout)
+        prefix = "features."
+        features.load_state_dict({k[len(prefix):]: v for k, v in state.items()
+                                  if k.startswith(prefix)})
     body = features[:30]  # up to and including relu5_3
     fixed = [body[:10]] if pretrained else []  # conv1_1 .. pool2
-    return Backbone(body, name="vgg16", out_channels=512, stride=16, fixed=fixed)
+    return Backbone(body, name="vgg16", out_channels=512, stride=16,
+                    fixed=fixed)
 
 
 def _resnet_c4(depth: int, pretrained: bool, weights_path: Optional[str],

@@ -494,3 +494,36 @@ def check_batch(features: torch.Tensor, image_sizes, targets=None) -> None:
                          f"{features.shape[0]} feature maps; pass one (H, W) per image.")
     if targets is not None and len(targets) != features.shape[0]:
         raise ValueError(f"got {len(targets)} targets for {features.shape[0]} images.")
+
+
+# -- backbones.py -----------------------------------------------------------------------------
+def check_declared_stride(ops, stride: int, name: str) -> None:
+    """The product of a backbone's layer strides is the stride it declares."""
+    total = 1
+    for _, s, _, _, _ in ops:
+        total *= s
+    if total != stride:
+        raise ValueError(f"backbone {name!r}: its layers have total stride {total}, "
+                         f"but stride={stride} was declared.")
+
+
+def check_image_size(image_size) -> None:
+    if int(image_size[0]) < 1 or int(image_size[1]) < 1:
+        raise ValueError(f"image_size must be (H, W) with H, W >= 1, got {tuple(image_size)}.")
+
+
+def check_fits(span: int, n_out: int, image_size, backbone) -> None:
+    """A layer's window still fits the (shrunk) input: the image is not too small."""
+    if span < 0 or n_out < 1:
+        raise ValueError(f"an image of size (H, W) = {tuple(image_size)} is too small for "
+                         f"backbone {backbone.name!r} (stride {backbone.stride}); resize it so "
+                         f"both sides are at least {backbone.stride} pixels.")
+
+
+def check_tiny_settings(pretrained: bool, widths, strides) -> None:
+    if pretrained:
+        raise RuntimeError("the 'tiny' backbone has no pretrained weights: it is meant to be "
+                           "trained from scratch (chapter 9). Use pretrained=False.")
+    if len(widths) != len(strides):
+        raise ValueError(f"widths and strides must have the same length, got {len(widths)} and "
+                         f"{len(strides)}.")
