@@ -527,3 +527,10 @@ def check_tiny_settings(pretrained: bool, widths, strides) -> None:
     if len(widths) != len(strides):
         raise ValueError(f"widths and strides must have the same length, got {len(widths)} and "
                          f"{len(strides)}.")
+
+
+# -- model.py ---------------------------------------------------------------------------------
+def check_training_targets(targets) -> None:
+    if targets is None:
+        raise ValueError("training needs targets: call model(images, targets), or model.eval() "
+                         "to predict.")

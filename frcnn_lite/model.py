@@ -120,21 +120,19 @@ class FasterRCNN(nn.Module):
             self.rpn.train(was_training)
         return [p.detach() for p in proposals]
 
-    def losses(self, images: List[torch.Tensor], targets: List[Dict], *, rpn: bool = True,
-               detector: bool = True, proposer: Optional["FasterRCNN"] = None
-               ) -> Dict[str, torch.Tensor]:
+    def losses(self, images: List[torch.Tensor], targets: List[Dict], *,
+               rpn: bool = True, detector: bool = True,
+               proposer: Optional["FasterRCNN"] = None) -> Dict[str, torch.Tensor]:
         """The training losses of a batch; flags pick the terms (§3.2).
 
         ``rpn``: the RPN's two losses (Eq. 1). ``detector``: the Fast R-CNN
         head's two losses on proposals from this model's RPN, or from
-        ``proposer``'s RPN (step 2 of the four-step training, where the detector
-        does not share convs with the RPN yet). Proposals are always constants:
-        no gradient flows through their coordinates (approximate joint
-        training, §3.2 (ii)).
+        ``proposer``'s RPN (step 2 of the four-step training, where the
+        detector does not share convs with the RPN yet). Proposals are always
+        constants: no gradient flows through their coordinates (approximate
+        joint training, §3.2 (ii)).
         """
-        if targets is None:
-            raise ValueError("training needs targets: call model(images, targets), or model.eval() "
-                             "to predict.")
+        check_training_targets(targets)
         batch, sizes, targets = self.prepare(images, targets)
         features = self.backbone(batch)  # (B, C, Hf, Wf)
         losses: Dict[str, torch.Tensor] = {}
