@@ -18,6 +18,9 @@ keys (one ``topk`` over the batch) are a uniformly random ``k``-subset of that
 group. Keys are float64, so ties (which would favour low indices) practically
 never occur.
 
+Dependencies: anchors and boxes only, so that rpn.py and fast_rcnn.py can import
+this module (the default box weights equal ``fast_rcnn.BOX_WEIGHTS``; a test checks).
+
 Shape glossary: ``B`` images, ``N`` anchors per image, ``G`` padded ground-truth
 boxes, ``P`` padded proposals, ``C = P + G`` candidate RoIs, ``S`` RoI slots per
 image (``batch_size_per_image``), ``K`` object classes.
@@ -33,7 +36,6 @@ import torch.nn.functional as F
 
 from frcnn_lite.anchors import IGNORED, NEGATIVE, POSITIVE
 from frcnn_lite.boxes import box_iou, encode_boxes
-from frcnn_lite.fast_rcnn import BOX_WEIGHTS
 
 Size = Tuple[int, int]
 _PAD_BOX = (
@@ -235,7 +237,7 @@ def sample_rois_batch(
     bg_iou_hi: float = 0.5,
     bg_iou_lo: float = 0.1,
     add_gt_boxes: bool = True,
-    box_weights: Sequence[float] = BOX_WEIGHTS,
+    box_weights: Sequence[float] = (10.0, 10.0, 5.0, 5.0),  # fast_rcnn.BOX_WEIGHTS
     generator: Optional[torch.Generator] = None,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """:func:`~frcnn_lite.fast_rcnn.sample_rois` for B images (Fast R-CNN §2.3; §3.2).

@@ -241,6 +241,20 @@ def test_fast_rcnn_loss_batch_of_empty_slots_is_zero_with_a_gradient():
     assert logits.grad is not None and deltas.grad is not None
 
 
+def test_defaults_equal_the_reference_defaults():
+    import inspect
+
+    from frcnn_lite.fast_rcnn import BOX_WEIGHTS
+
+    for ours, ref in ((sample_rois_batch, sample_rois), (sample_anchors_batch, sample_anchors),
+                      (label_anchors_batch, label_anchors)):
+        theirs = inspect.signature(ref).parameters
+        for name, p in inspect.signature(ours).parameters.items():
+            if name in theirs and p.default is not inspect.Parameter.empty:
+                assert p.default == theirs[name].default, (ours.__name__, name)
+    assert inspect.signature(sample_rois_batch).parameters["box_weights"].default == BOX_WEIGHTS
+
+
 def test_pad_boxes_names_the_bad_input():
     with pytest.raises(ValueError, match=r"targets\.boxes\[1\] must be a \(G_i, 4\)"):
         pad_boxes([torch.zeros(2, 4), torch.zeros(3)], "targets.boxes")
