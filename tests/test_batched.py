@@ -281,3 +281,52 @@ def test_cuda_equals_cpu():
     for a, b in zip(sample_rois_batch(proposals, targets, **kw),
                     sample_rois_batch([p.cuda() for p in proposals], on_gpu, **kw)):
         assert a.shape == b.shape
+
+
+def test_a_training_step_wired_to_the_batched_targets_gives_the_same_losses(monkeypatch):
+    # The wiring proposed for RegionProposalNetwork.targets_for and RoIHeads.losses, patched
+    # in: every labelled anchor and every candidate RoI is sampled, so both paths train on
+    # the same set and must give the same four losses and gradients.
+    from frcnn_lite.model import FasterRCNN, FasterRCNNConfig
+
+    config = FasterRCNNConfig(num_classes=3, min_size=128, max_size=128, scales=(16.0, 32.0, 64.0),
+                              rpn_batch_size_per_image=10 ** 6, post_nms_top_n_train=40,
+                              roi_batch_size_per_image=256, roi_positive_fraction=0.5,
+                              representation_size=32)
+    torch.manual_seed(0)
+    model = FasterRCNN(config).train()
+    g = torch.Generator().manual_seed(0)
+    images = [torch.rand(3, 128, 128, generator=g) for _ in range(3)]
+    targets = batch_of_targets(SHAPES, [(128, 128)] * 3, [2, 0, 3], seed=4)
+    targets = [{"boxes": t["boxes"], "labels": (t["labels"] - 1) % 3 + 1} for t in targets]
+    ref = model(images, targets)
+    ref_grads = torch.autograd.grad(sum(ref.values()), list(model.parameters()), allow_unused=True)
+
+    rpn, heads = model.rpn, model.roi_heads
+
+    def targets_for(anchors, image_sizes, targets, generator=None):
+        return rpn_targets_batch(anchors, image_sizes, targets, fg_iou=rpn.fg_iou,
+                                 bg_iou=rpn.bg_iou, allowed_border=rpn.allowed_border,
+                                 batch_size_per_image=rpn.batch_size_per_image,
+                                 positive_fraction=rpn.positive_fraction, generator=generator)
+
+    def losses(features, proposals, targets):
+        rois, labels, reg = sample_rois_batch(
+            proposals, targets, batch_size_per_image=heads.batch_size_per_image,
+            positive_fraction=heads.positive_fraction, fg_iou=heads.fg_iou,
+            bg_iou_hi=heads.bg_iou_hi, bg_iou_lo=heads.bg_iou_lo,
+            add_gt_boxes=heads.add_gt_boxes, box_weights=heads.box_weights)
+        class_logits, box_deltas = heads.head(features, list(rois.unbind(0)))
+        return fast_rcnn_loss_batch(class_logits, box_deltas, labels, reg,
+                                    lambda_reg=heads.lambda_reg)
+
+    monkeypatch.setattr(rpn, "targets_for", targets_for)
+    monkeypatch.setattr(heads, "losses", losses)
+    ours = model(images, targets)
+    assert set(ours) == set(ref) and all(v > 0 for v in ref.values())
+    for k in ref:
+        torch.testing.assert_close(ours[k], ref[k], rtol=1e-5, atol=1e-6)
+    grads = torch.autograd.grad(sum(ours.values()), list(model.parameters()), allow_unused=True)
+    for a, b in zip(grads, ref_grads):
+        if b is not None:
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
