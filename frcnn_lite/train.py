@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import logging
 import math
 import time
 from pathlib import Path
@@ -48,6 +49,8 @@ __all__ = ["TrainConfig", "Stage", "STAGES", "parameter_groups", "apply_stage", 
            "format_table", "Trainer", "train_joint", "step1_train_rpn", "step2_train_detector",
            "step3_finetune_rpn", "step4_finetune_detector", "train_alternating", "batch_indices",
            "load_model", "CheckpointError"]
+
+LOG = logging.getLogger(__name__)
 
 
 def batch_indices(iteration: int, num_images: int, batch_size: int, seed: int = 0) -> List[int]:
@@ -78,11 +81,10 @@ class Trainer:
     (it says so: "resumed from iteration N"; ``resumed_from`` keeps N).
 
     Every sample is checked before the forward pass, so a bad one (a NaN pixel,
-    a box outside its image) is reported with its dataset index. Checkpoints
-    record the data they were trained on (its length and a hash of the first
-    mini-batch) and a resume on other data is refused (``check_data=False``
-    allows it, e.g. for a dataset with random augmentation). Weights that
-    became NaN or inf are never saved: the last finite checkpoint is kept.
+    a box outside its image) is named by its dataset index. Checkpoints record
+    the data (its length, a hash of the first mini-batch); a resume on other
+    data is refused unless ``check_data=False`` (e.g. random augmentation).
+    NaN or inf weights are never saved: the last finite checkpoint is kept.
     """
 
     def __init__(self, model: FasterRCNN, dataset, config: TrainConfig = TrainConfig(), *,
@@ -282,10 +284,13 @@ class Trainer:
 
         if not self._try_resume():
             seed_everything(self.config.seed)
-        elif self.progress:
+        else:  # printed with the progress bar; logged always (logger "frcnn_lite.train")
             done = " (already complete)" if self.iteration >= self.config.iterations else ""
-            print(f"resumed {self.stage.name} from iteration {self.iteration} of "
-                  f"{self.config.iterations}{done} ({self.checkpoint_path})", flush=True)
+            note = (f"resumed {self.stage.name} from iteration {self.iteration} of "
+                    f"{self.config.iterations}{done} ({self.checkpoint_path})")
+            LOG.info(note)
+            if self.progress:
+                print(note, flush=True)
         apply_stage(self.model, self.stage)
         bar = tqdm(total=self.config.iterations, initial=self.iteration, disable=not self.progress,
                    desc=self.stage.name, dynamic_ncols=True)

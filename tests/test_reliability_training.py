@@ -323,3 +323,13 @@ def test_damaged_training_state_and_missing_devices(tmp_path):
     missing = f"cuda:{torch.cuda.device_count()}"  # one past the last GPU (cuda:0 on a laptop)
     with pytest.raises(ValueError, match=rf"device '{missing}' is not available here"):
         Trainer(small_model(), small_data(4), FAST, device=missing)
+
+
+def test_a_quiet_resume_is_still_logged(tmp_path, caplog):
+    path = tmp_path / "run.pt"
+    Trainer(small_model(), small_data(4), FAST, checkpoint_path=path, progress=False,
+            device="cpu").fit()
+    with caplog.at_level("INFO", logger="frcnn_lite.train"):
+        Trainer(small_model(), small_data(4), FAST, checkpoint_path=path, progress=False,
+                device="cpu").fit()
+    assert "resumed joint from iteration 2 of 2 (already complete)" in caplog.text
