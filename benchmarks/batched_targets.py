@@ -14,8 +14,10 @@ SHAPES at 256 x 256 and the paper's at 600 x 1000):
   (the paper's training post-NMS count), then the Fast R-CNN loss on them.
 
 Images hold 1 to 8 objects (VOC averages 2.4, the shapes images 1-6). Times
-are medians of ``--repeat`` runs after one warm-up; ratios are per-image /
-batched, so > 1 means the batched code is faster. Nothing is asserted: this is
+are medians of ``--repeat`` interleaved runs after one warm-up
+(``frcnn_lite.book.speed.compare``): process CPU time on one CPU thread, else
+synchronised wall time. Ratios are per-image / batched, so > 1 means the
+batched code is faster. Nothing is asserted: this is
 a measurement, not a test (tests/test_batched.py checks the results agree).
 """
 
@@ -23,11 +25,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import time
 
 import torch
 
+from frcnn_lite.book.speed import compare
 from frcnn_lite.batched import fast_rcnn_loss_batch, rpn_targets_batch, sample_rois_batch
 from frcnn_lite.config import PAPER, SHAPES
 from frcnn_lite.fast_rcnn import fast_rcnn_loss, sample_rois
@@ -60,24 +62,12 @@ def make_batch(preset, batch_size: int, num_proposals: int, device, seed: int = 
     return rpn, anchors, sizes, targets, proposals
 
 
-def timed(fn, device, repeat: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeat):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def run(args) -> dict:
     device = torch.device(args.device)
     torch.set_num_threads(args.threads)
-    out = {"device": str(device), "threads": args.threads, "batch_size": args.batch_size,
+    # process CPU time on one CPU thread (robust to other jobs), else synchronised wall time
+    clock = "cpu" if device.type == "cpu" and args.threads == 1 else "wall"
+    out = {"device": str(device), "threads": args.threads, "clock": clock, "batch_size": args.batch_size,
            "torch": torch.__version__, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
            "note": args.note, "presets": {}}
     for preset in (SHAPES, PAPER):
@@ -106,14 +96,17 @@ def run(args) -> dict:
         result = {"anchors_per_image": anchors.shape[0], "image_size": list(sizes[0]),
                   "proposals_per_image": args.proposals, "roi_slots_per_image": s}
         for name, (per_image, batched) in cases.items():
-            a, b = timed(per_image, device, args.repeat), timed(batched, device, args.repeat)
-            result[name] = {"per_image_ms": 1e3 * a, "batched_ms": 1e3 * b, "ratio": a / b}
+            ms = compare({"per_image": per_image, "batched": batched}, repeat=args.repeat,
+                         warmup=1, device=device, clock=clock)
+            result[name] = {"per_image_ms": ms["per_image"], "batched_ms": ms["batched"],
+                            "ratio": ms["per_image"] / ms["batched"]}
         out["presets"][preset.name] = result
     return out
 
 
 def report(result: dict) -> None:
-    print(f"targets for a mini-batch of {result['batch_size']} images on {result['device']} "
+    print(f"targets for a mini-batch of {result['batch_size']} images on {result['device']}, "
+          f"clock {result['clock']} "
           f"({result['threads']} thread(s)); ratio = per-image / batched")
     for name, r in result["presets"].items():
         for case in ("rpn_targets", "roi_targets_and_loss"):
