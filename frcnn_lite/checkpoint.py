@@ -7,7 +7,8 @@ file from the internet is opened):
     {"format": "frcnn_lite", "version": 1,
      "config":   FasterRCNNConfig.to_dict()   (rebuilds the architecture),
      "model":    state_dict,
-     "training": {stage, config, iteration, optimizer, scheduler, rng, history}  (optional)}
+     "training": {stage, config, iteration, optimizer, scheduler, rng, history,
+                  data: {num_images, indices, sha256}}  (optional)}
 
 Writes go to a temporary file in the same folder, then ``os.replace`` renames
 it over the old one, so an interruption during a save never leaves a

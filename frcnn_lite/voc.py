@@ -35,6 +35,10 @@ def parse_voc_xml(path: PathLike) -> Dict[str, object]:
     """
     path = Path(path)
     root = safe_xml_root(path, path.read_bytes())
+    if root.tag != "annotation":
+        raise ValueError(f"{path}: a VOC annotation's root element is <annotation>, this file's "
+                         f"is <{root.tag}>; it is not a VOC annotation (an error page saved by "
+                         f"a download?). Replace it.")
 
     def number(node, tag, where):
         return finite_number(node.findtext(tag), f"{path}: {where} needs a numeric <{tag}>")

@@ -107,6 +107,10 @@ def test_voc_difficult_size_and_classes_must_make_sense(tmp_path):
     _voc(tmp_path, _annotation(_object(name="  ")))
     with pytest.raises(ValueError, match=r"object 0 needs a <name>"):
         VOCDetection(tmp_path)
+    _voc(tmp_path, "<html><body><object>404 Not Found</object></body></html>")
+    with pytest.raises(ValueError, match=r"img1\.xml: a VOC annotation's root element is "
+                                         r"<annotation>, this file's is <html>"):
+        VOCDetection(tmp_path)  # not read as an image without objects
 
 
 # -- COCO ------------------------------------------------------------------------------
