@@ -35,6 +35,8 @@ from typing import Optional, Union
 import numpy as np
 import torch
 
+from frcnn_lite.run_checks import check_device
+
 FORMAT, VERSION = "frcnn_lite", 1
 
 
@@ -190,6 +192,8 @@ def read_checkpoint(path: Union[str, Path], map_location="cpu") -> dict:
     if path.is_dir():
         raise CheckpointError(f"{path} is a directory, not a checkpoint file; pass the .pt file "
                               f"inside it.")
+    if isinstance(map_location, (str, torch.device)):
+        check_device(map_location)  # else torch's error would read as a corrupt file
     if path.stat().st_size == 0:
         raise CheckpointError(f"{path} is empty (0 bytes): a write to it was cut off, or it was "
                               f"created by something other than frcnn_lite. Delete it and "

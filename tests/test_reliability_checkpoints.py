@@ -236,3 +236,10 @@ def test_directory_and_bad_config_in_a_checkpoint(tmp_path):
     torch.save({**payload, "config": SMALL.to_dict(), "model": [1, 2]}, tmp_path / "list.pt")
     with pytest.raises(CheckpointError, match=r"'config' and 'model' must be dicts"):
         read_checkpoint(tmp_path / "list.pt")
+
+
+def test_a_missing_map_location_device_is_not_called_corrupt(tmp_path):
+    path = save_checkpoint(tmp_path / "m.pt", small_model())
+    missing = f"cuda:{torch.cuda.device_count()}"  # one past the last GPU
+    with pytest.raises(ValueError, match=rf"device '{missing}' is not available here"):
+        read_checkpoint(path, map_location=missing)
