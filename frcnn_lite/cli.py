@@ -358,7 +358,7 @@ def _train_own(args, out: Path, ckpt: Path) -> int:
     record = data_record(train_set)
     if val_set is not None:
         result = _evaluate_dataset(model, val_set, device=device, progress=not args.quiet)
-        _print_result(result, "validation data")
+        _print_result(result, "validation")
         record["validation"] = {**data_record(val_set), "mAP": _finite(result["voc"]["mAP"]),
                                 "coco_AP": _finite(result["coco"]["AP"])}
         if isinstance(val_set, torch.utils.data.Subset):  # held out of --data
@@ -722,6 +722,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     except (CLIError, CheckpointError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # the trainer saved its checkpoint and said how to resume
+        print("interrupted; run the same command again to resume.", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -224,3 +224,32 @@ def test_train_evaluate_detect_from_the_command_line(fmt, shapes, tmp_path):
     assert all(Path(r["drawn"]).stat().st_size > 1000 for r in report["images"])
     labels = {d["label"] for r in report["images"] for d in r["detections"]}
     assert labels <= set(shapes.classes)
+
+
+def test_interrupted_own_data_run_resumes_to_the_same_model(shapes, tmp_path, monkeypatch,
+                                                            capsys):
+    import frcnn_lite.train
+    from frcnn_lite.checkpoint import read_checkpoint
+
+    ann = write_tool_export(shapes, tmp_path / "export", "coco")
+    args = ["--data", str(ann), "--min-size", str(SIZE), "--iterations", "4",
+            "--batch-size", "2", "--checkpoint-every", "1", "--quiet", "--device", "cpu"]
+    assert main(["train", *args, "--out", str(tmp_path / "straight.pt")]) == 0
+    step = frcnn_lite.train.Trainer.step
+
+    def interrupted(self, indices):
+        if self.iteration == 2:
+            raise KeyboardInterrupt
+        return step(self, indices)
+
+    out = tmp_path / "resumed.pt"
+    monkeypatch.setattr(frcnn_lite.train.Trainer, "step", interrupted)
+    assert main(["train", *args, "--out", str(out)]) == 130
+    assert out.with_suffix(".ckpt").is_file() and not out.exists()
+    assert "run the same command again" in capsys.readouterr().err
+    monkeypatch.setattr(frcnn_lite.train.Trainer, "step", step)
+    assert main(["train", *args, "--out", str(out)]) == 0
+    assert "(resuming)" in capsys.readouterr().out
+    straight = read_checkpoint(tmp_path / "straight.pt")["model"]
+    resumed = read_checkpoint(out)["model"]
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
