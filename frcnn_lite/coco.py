@@ -64,9 +64,15 @@ def validate_coco(data, source: str) -> None:
     _unique_ids(images, "images", source)
     _unique_ids(categories, "categories", source)
     _unique_ids(annotations, "annotations", source)
+    files = {}
     for im in images:
         if not isinstance(im.get("file_name"), str) or not im["file_name"].strip():
             raise ValueError(f"{source}: image id {im['id']} needs a 'file_name'.")
+        if im["file_name"] in files:
+            raise ValueError(f"{source}: images {files[im['file_name']]} and {im['id']} are both "
+                             f"{im['file_name']!r}; merge them into one image entry (and move "
+                             f"the annotations) or fix the file name.")
+        files[im["file_name"]] = im["id"]
         sizes = [im.get("height"), im.get("width")]
         if sizes != [None, None] and not all(_is_number(v) and v > 0 and v == int(v)
                                              for v in sizes):

@@ -180,6 +180,8 @@ def test_coco_image_without_size_checks_boxes_against_the_pixels(tmp_path):
     (None, None, [{"image_id": 7, "category_id": 1, "bbox": [1, 1, 2, 2]}],
      r"annotations entry 0 needs an integer 'id'"),
     ([{"id": "7", "file_name": "a.png"}], None, [], r"images entry 0 needs an integer 'id'"),
+    ([{"id": 7, "file_name": "a.png"}, {"id": 8, "file_name": "a.png"}], None, [],
+     r"images 7 and 8 are both 'a\.png'"),
     ([{"id": 7}], None, [], r"image id 7 needs a 'file_name'"),
     (None, [{"id": 1}], [], r"category id 1 needs a 'name'"),
     (None, None, [_ann(1, [1, 1, 2, 2], iscrowd=2)], r"annotation 1 has iscrowd=2"),
