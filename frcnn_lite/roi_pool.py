@@ -127,7 +127,7 @@ def quantised_bins(rois: torch.Tensor, feature_size: Tuple[int, int],
 def roi_pool_reference(features: torch.Tensor, rois: Rois,
                        output_size: Union[int, Tuple[int, int]],
                        spatial_scale: float = 1.0) -> torch.Tensor:
-    """RoI max pooling as plain loops: ``(B, C, H, W), (R, 5) -> (R, C, out_h, out_w)``.
+    """RoI max pooling as plain loops, ``(B, C, H, W), (R, 5) -> (R, C, 7, 7)``.
 
     Rule 5 by hand: each bin is the max over its cells, an empty bin is 0.
     ``max(dim=1)`` returns the first maximal cell in row-major order, so its
@@ -135,7 +135,8 @@ def roi_pool_reference(features: torch.Tensor, rois: Rois,
     bin of every RoI), but every step is visible.
     """
     rois = as_rois(rois)
-    out_h, out_w = check_roi_pool_inputs(features, rois, output_size, spatial_scale)
+    out_h, out_w = check_roi_pool_inputs(features, rois, output_size,
+                                         spatial_scale)
     _, channels, height, width = features.shape
     bins = quantised_bins(rois, (height, width), (out_h, out_w), spatial_scale)
     x_lo, x_hi, y_lo, y_hi = (t.tolist() for t in bins)  # rules 1-4
@@ -152,9 +153,9 @@ def roi_pool_reference(features: torch.Tensor, rois: Rois,
 
 
 def roi_pool(features: torch.Tensor, rois: Rois,
-             output_size: Union[int, Tuple[int, int]], spatial_scale: float = 1.0,
-             *, validate: bool = True) -> torch.Tensor:
-    """RoI max pooling (Fast R-CNN §2.1): ``(B, C, H, W), (R, 5) -> (R, C, out_h, out_w)``.
+             output_size: Union[int, Tuple[int, int]],
+             spatial_scale: float = 1.0, *, validate: bool = True):
+    """RoI max pooling, Fast R-CNN §2.1: ``(B, C, H, W), (R, 5) -> (R, C, 7, 7)``.
 
     Same meaning, values and gradients as ``torchvision.ops.roi_pool`` and
     :func:`roi_pool_reference`, computed without a loop over RoIs

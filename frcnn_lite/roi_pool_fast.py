@@ -42,23 +42,25 @@ def roi_pool_fast(features: torch.Tensor, batch: torch.Tensor,
     Args:
         features: ``(B, C, H, W)``.
         batch: ``(R,)`` int64 image index of each RoI.
-        bins: ``[x_lo, x_hi, y_lo, y_hi]`` from :func:`~frcnn_lite.roi_pool.quantised_bins`.
+        bins: ``[x_lo, x_hi, y_lo, y_hi]``, from ``quantised_bins``.
     """
     x_lo, x_hi, y_lo, y_hi = bins
-    heights, widths = y_hi - y_lo, x_hi - x_lo  # (R, out_h), (R, out_w); 0: empty
+    heights, widths = y_hi - y_lo, x_hi - x_lo  # (R, oh), (R, ow); 0: empty
     if batch.shape[0] == 0:
-        return features.new_zeros((0, features.shape[1]) + (y_lo.shape[1], x_lo.shape[1]))
+        return features.new_zeros((0, features.shape[1]) + heights.shape[1:]
+                                  + widths.shape[1:])
     # The one host sync: how many sizes to pool (the tallest and widest bin).
     kh, kw = torch.stack([heights.max(), widths.max()]).clamp(min=1).tolist()
     _, _, height, width = features.shape
     cells = features.shape[0] * height * width  # B * H * W
-    size = (heights - 1)[:, :, None] * kw + (widths - 1)[:, None, :]  # (R, oh, ow)
+    # (R, out_h, out_w): the pool size each bin reads
+    size = (heights - 1)[:, :, None] * kw + (widths - 1)[:, None, :]
     corner = ((batch[:, None, None] * height + y_lo[:, :, None]) * width
               + x_lo[:, None, :])  # (R, out_h, out_w) top-left cell of each bin
     index = size * cells + corner  # each bin's row in pool_all_sizes' maps
     empty = (heights == 0)[:, :, None] | (widths == 0)[:, None, :]
-    index = index.masked_fill(empty, kh * kw * cells)  # empty bins: the zero row
-    if torch.is_grad_enabled() and features.requires_grad:  # keep the argmax too
+    index = index.masked_fill(empty, kh * kw * cells)  # empty: the zero row
+    if torch.is_grad_enabled() and features.requires_grad:  # track the argmax
         return RoIPoolFunction.apply(features, index, kh, kw)
     return pool_and_gather(features, index, kh, kw, track=False)[0]
 
@@ -177,7 +179,7 @@ class RoIPoolFunction(torch.autograd.Function):
         (argmax,) = ctx.saved_tensors
         batch, channels, height, width = ctx.feature_shape
         numel = batch * height * width * channels
-        grad = grad_out.new_zeros(numel + channels)  # + the empty bins' spare slots
+        grad = grad_out.new_zeros(numel + channels)  # + empty bins' spare slots
         grad.index_add_(0, argmax.reshape(-1), grad_out.reshape(-1))
         grad = grad[:numel].view(batch, channels, height, width)
-        return grad, None, None, None  # no gradient for the RoIs, as in torchvision
+        return grad, None, None, None  # RoIs get none, as in torchvision
