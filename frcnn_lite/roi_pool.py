@@ -155,7 +155,7 @@ def roi_pool_reference(features: torch.Tensor, rois: Rois,
 def roi_pool(features: torch.Tensor, rois: Rois,
              output_size: Union[int, Tuple[int, int]],
              spatial_scale: float = 1.0, *, validate: bool = True):
-    """RoI max pooling (Fast R-CNN §2.1), ``(B, C, H, W), (R, 5) -> (R, C, 7, 7)``
+    """RoI max pooling (Fast R-CNN §2.1): rois ``(R, 5)`` -> ``(R, C, 7, 7)``.
 
     Same meaning, values and gradients as ``torchvision.ops.roi_pool`` and
     :func:`roi_pool_reference`, computed without a loop over RoIs
