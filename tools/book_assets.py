@@ -10,7 +10,8 @@ At every build it copies, from installed Python packages (nothing is fetched):
 - BokehJS (the ``bokeh`` package that made the explorers' figures) into
   ``_static/bokeh``, linked only from pages that hold an explorer
   (``frcnn_lite.book.explorers``), and a few lines of CSS that hide the
-  explorers' PNG fallback once the live figure is there.
+  explorers' still fallback once the live figure is there.
+- Two fixes that keep every page free of console errors (see ``_page_scripts``).
 
 Run as a script it prints what it would copy and the total size.
 """
@@ -76,11 +77,26 @@ def _page_scripts(app, pagename, templatename, context, doctree) -> None:
     if EXPLORER_CLASS in context.get("body", ""):
         for name in BOKEH_FILES:
             app.add_js_file(f"bokeh/{name}")
+    # Jupyter Book 1.x registers sphinx-thebe's and sphinx-togglebutton's inline
+    # configuration twice; the second `const THEBE_JS_URL` is a SyntaxError on every
+    # page. Keep the first copy of each script.
+    seen, scripts = set(), []
+    for script in context.get("script_files", []):
+        key = (str(getattr(script, "filename", script) or ""),  # None and "" both mean inline
+               tuple(sorted(getattr(script, "attributes", {}).items())))
+        if key not in seen:
+            seen.add(key)
+            scripts.append(script)
+    context["script_files"] = scripts
+    # pydata-sphinx-theme logs an error on a reader's first visit when no mode is
+    # set, then falls back to "auto"; say "auto" up front.
+    if not context.get("default_mode"):
+        context["default_mode"] = "auto"
 
 
 def setup(app):
     app.connect("builder-inited", _copy_assets)
-    app.connect("html-page-context", _page_scripts)
+    app.connect("html-page-context", _page_scripts, priority=900)  # after the others
     app.add_css_file("frcnn-explorers.css")
     return {"parallel_read_safe": True, "parallel_write_safe": True}
 
