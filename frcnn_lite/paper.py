@@ -104,12 +104,12 @@ FACTS: Tuple[Fact, ...] = (
     Fact("cross_boundary", "ignored in training, clipped at test",
          "cross-boundary anchors {value}", "§3.3",
          verified=f"{_PFR} lib/rpn/anchor_target_layer.py (inds_inside, allowed_border=0)"),
-    Fact("output_params", 2.8e4, "{value} parameters in the RPN's output layers "
+    Fact("output_params", "2.8 x 10^4", "{value} parameters in the RPN's output layers "
          "(512 x (4 + 2) x 9 for VGG-16), two orders of magnitude fewer than MultiBox's "
          "6.1 x 10^6", "§3.1.1",
          note="With the 3 x 3 feature layer counted, the paper says one order of magnitude "
               "fewer (2.4 x 10^6 against 2.7 x 10^7), not two."),
-    Fact("params_with_3x3", 2.4e6, "{value} parameters with the 3 x 3 layer, one order of "
+    Fact("params_with_3x3", "2.4 x 10^6", "{value} parameters with the 3 x 3 layer, one order of "
          "magnitude fewer than MultiBox's 2.7 x 10^7", "§3.1.1"),
     # -- labels, loss (§3.1.2) --
     Fact("rpn_fg_iou", 0.7, "IoU above {value} with a ground-truth box: positive", "§3.1.2",
