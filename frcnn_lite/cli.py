@@ -210,13 +210,14 @@ def _train_recipe(args, out: Path, ckpt: Path) -> int:
         history = [dict(row, step=name) for name, log in logs.items() for row in log]
     seconds = time.perf_counter() - start
     data = recipe.data_record(args.recipe, num_train_images=len(dataset))
+    export_model(out, model.cpu(), history=history, data=data)
+    print(f"trained in {seconds / 60:.1f} min; model written to {out}", flush=True)
     eval_images = 200 if args.eval_images is None else args.eval_images
     if eval_images:
         result = evaluate_model(model, recipe.dataset("test", eval_images), device=device)
         print(f"mAP@0.5 (VOC07 11-point) on {eval_images} test images: {result['mAP']:.4f}")
         data["validation"] = {"split": "test", "images": eval_images, "mAP": result["mAP"]}
-    export_model(out, model.cpu(), history=history, data=data)
-    print(f"trained in {seconds / 60:.1f} min; model written to {out}", flush=True)
+        export_model(out, model.cpu(), history=history, data=data)  # now with its score
     if not args.keep_checkpoint:  # the run is complete: the resume state is no longer needed
         shutil.rmtree(ckpt) if ckpt.is_dir() else ckpt.unlink(missing_ok=True)
     return 0
@@ -439,6 +440,9 @@ def _eval_dataset_for(args, model, record: dict):
             print(f"note: the model records no data; assuming shapes images of "
                   f"{side}x{side} px (its min_size); pass --image-size to choose.")
     seed = record.get("dataset_seed", 0) if args.seed is None else args.seed
+    if args.split not in (None, "train", "val", "test"):
+        raise CLIError(f"--split {args.split!r}: the shapes data has the splits train, val and "
+                       f"test (a VOC split needs --data).")
     dataset = ShapesDataset(args.split or "test", args.num_images or 200, image_size=size,
                             seed=seed)
     dataset.kind = "shapes"

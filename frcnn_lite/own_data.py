@@ -338,21 +338,24 @@ def _image_ids(dataset, targets: Sequence[dict]) -> List[int]:
     return list(range(1, len(targets) + 1))
 
 
-def coco_results(predictions: Sequence[dict], targets: Sequence[dict], dataset) -> List[dict]:
+def coco_results(predictions: Sequence[dict], targets: Sequence[dict],
+                 dataset) -> List[dict]:
     """Detections as a COCO results list (``COCO.loadRes`` reads it).
 
     One ``{"image_id", "category_id", "bbox": [x, y, w, h], "score"}`` per
-    detection; ids are the COCO file's own (category ids mapped back from the
-    labels 1..K) or, for VOC and shapes data, those :func:`coco_ground_truth`
-    writes.
+    detection; ids are the COCO file's own (category ids mapped back from
+    the labels 1..K) or, for VOC and shapes data, those
+    :func:`coco_ground_truth` writes.
     """
     cat_ids = _category_ids(dataset, len(class_names_of(dataset)))
     results = []
     for image_id, pred in zip(_image_ids(dataset, targets), predictions):
-        for box, label, score in zip(pred["boxes"].tolist(), pred["labels"].tolist(),
-                                     pred["scores"].tolist()):
-            results.append({"image_id": image_id, "category_id": cat_ids[label - 1],
-                            "bbox": [box[0], box[1], box[2] - box[0], box[3] - box[1]],
+        for (x1, y1, x2, y2), label, score in zip(pred["boxes"].tolist(),
+                                                  pred["labels"].tolist(),
+                                                  pred["scores"].tolist()):
+            results.append({"image_id": image_id,
+                            "category_id": cat_ids[label - 1],  # c(label)
+                            "bbox": [x1, y1, x2 - x1, y2 - y1],
                             "score": score})
     return results
 
