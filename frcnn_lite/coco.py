@@ -166,18 +166,20 @@ class COCODetection(torch.utils.data.Dataset):
         anns = [a for a in self.coco.imgToAnns.get(image_id, [])
                 if self.include_crowd or not a.get("iscrowd", 0)]
         xywh = np.array([a["bbox"] for a in anns], dtype=np.float64).reshape(-1, 4)
-        boxes = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1)  # (N, 4) xyxy
+        xy, wh = xywh[:, :2], xywh[:, 2:]
+        boxes = np.concatenate([xy, xy + wh], axis=1)  # (N, 4) x1, y1, x2, y2
         keep = np.ones(len(anns), dtype=bool)
         size = (info.get("height"), info.get("width"))
         if size != (None, None):
             size = (int(size[0]), int(size[1]))
             keep = check_or_clip(boxes, size, self.clip_boxes, "annotation", source,
                                  [a["id"] for a in anns])
-        return {"id": image_id, "image": self.images_dir / info["file_name"], "boxes": boxes[keep],
-                "labels": [self.cat_id_to_label[a["category_id"]] for a, k in zip(anns, keep) if k],
-                "iscrowd": [bool(a.get("iscrowd", 0)) for a, k in zip(anns, keep) if k],
-                "ann_ids": [a["id"] for a, k in zip(anns, keep) if k], "size": size,
-                "source": source}
+        anns = [a for a, k in zip(anns, keep) if k]
+        return {"id": image_id, "image": self.images_dir / info["file_name"],
+                "boxes": boxes[keep], "size": size, "source": source,
+                "labels": [self.cat_id_to_label[a["category_id"]] for a in anns],
+                "iscrowd": [bool(a.get("iscrowd", 0)) for a in anns],
+                "ann_ids": [a["id"] for a in anns]}
 
     @property
     def num_classes(self) -> int:

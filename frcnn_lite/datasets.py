@@ -132,19 +132,22 @@ class ShapesDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return self.num_images
 
-    def __getitem__(self, index: int) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+    def __getitem__(self, index: int) -> Tuple[torch.Tensor, Dict]:
         check_int(index, "the index of a ShapesDataset sample")
         index = int(index)
         if not -len(self) <= index < len(self):
-            raise IndexError(f"index {index} out of range for a split of {len(self)} images.")
+            raise IndexError(f"index {index} out of range for a split of "
+                             f"{len(self)} images.")
         index = index % len(self)
         rng = np.random.default_rng([self.seed, SPLITS[self.split], index])
-        image = self._background(rng)
+        image = self._background(rng)  # (H, W, 3)
         boxes, labels = self._draw_objects(rng, image)
-        target = {"boxes": torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 4),
+        boxes = torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 4)
+        target = {"boxes": boxes,  # (N, 4)
                   "labels": torch.as_tensor(labels, dtype=torch.int64),
                   "image_id": index}
-        return torch.from_numpy(image).permute(2, 0, 1).contiguous(), target  # (3, H, W)
+        image = torch.from_numpy(image).permute(2, 0, 1).contiguous()
+        return image, target  # (3, H, W), dict
 
     # -- drawing -----------------------------------------------------------
     def _background(self, rng: np.random.Generator) -> np.ndarray:

@@ -67,8 +67,8 @@ class PennFudanDataset(torch.utils.data.Dataset):
         mask_path = self.root / "PedMasks" / f"{name}_mask.png"
         mask = self._mask(mask_path)
         if mask.dim() != 2 or tuple(mask.shape) != tuple(image.shape[1:]):
-            raise ValueError(f"mask {mask_path} has shape {tuple(mask.shape)}, but the image is "
-                             f"{tuple(image.shape[1:])} (H, W).")
+            raise ValueError(f"mask {mask_path} has shape {tuple(mask.shape)}, but "
+                             f"the image is {tuple(image.shape[1:])} (H, W).")
         ids = mask.unique()
         ids = ids[ids != 0]  # (N,) instance indices; 0 is background
         masks = mask[None] == ids[:, None, None]  # (N, H, W)
@@ -81,8 +81,9 @@ class PennFudanDataset(torch.utils.data.Dataset):
         x2 = torch.where(cols, ar_w, -1).max(dim=1).values + 1
         boxes = torch.stack([x1, y1, x2, y2], dim=1).float()  # (N, 4)
         extra = {"masks": masks} if self.return_masks else {}
-        return image, make_target(boxes.numpy(), [1] * len(ids), index, [False] * len(ids),
-                                  **extra)
+        n = len(ids)
+        target = make_target(boxes.numpy(), [1] * n, index, [False] * n, **extra)
+        return image, target
 
     def __repr__(self) -> str:
         return f"PennFudanDataset(root={str(self.root)!r}, images={len(self)})"

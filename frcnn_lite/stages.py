@@ -76,7 +76,7 @@ def parameter_groups(model) -> Dict[str, List[Tuple[str, nn.Parameter]]]:
 
 
 def apply_stage(model, stage: Union[str, Stage]) -> List[nn.Parameter]:
-    """Put ``model`` in training mode for ``stage``; return the parameters it trains.
+    """Put ``model`` in training mode for ``stage``; return what it trains.
 
     Groups the stage trains get ``requires_grad=True``; every other group is
     frozen and its modules put in eval mode, so frozen BatchNorm statistics do
@@ -88,7 +88,8 @@ def apply_stage(model, stage: Union[str, Stage]) -> List[nn.Parameter]:
     for group, named in groups.items():
         for _, p in named:
             p.requires_grad_(group in stage.trains)
-    modules = {"shared": model.backbone, "rpn": model.rpn, "detector": model.roi_heads}
+    modules = {"shared": model.backbone, "rpn": model.rpn,
+               "detector": model.roi_heads}
     for group, module in modules.items():
         module.train(group in stage.trains)
     return [p for g in stage.trains for _, p in groups[g]]

@@ -136,11 +136,8 @@ class Trainer:
                 "data": self._data or {"num_images": len(self.dataset)}}
 
     def save(self, rng_state=None) -> None:
-        """Write the checkpoint now (atomically: a temporary file, then a rename).
-
-        Raises ``FloatingPointError`` (and keeps the previous file) when the
-        weights hold NaN or inf: the run diverged.
-        """
+        """Write the checkpoint now (atomically: a temporary file, then a rename);
+        ``FloatingPointError`` (the old file kept) if the weights hold NaN or inf."""
         if self.checkpoint_path is not None:
             state = self._training_state(rng_state if rng_state is not None else get_rng_state())
             try:
@@ -254,11 +251,7 @@ class Trainer:
 
     @contextlib.contextmanager
     def _divergence_named(self, indices: List[int]):
-        """Turn a NaN/inf found inside the forward pass into the trainer's divergence error.
-
-        The samples passed their checks, so non-finite values inside the network
-        mean the weights diverged; say so, and where the last finite checkpoint is.
-        """
+        """A NaN/inf inside the forward pass of checked samples: the run diverged."""
         try:
             yield
         except ValueError as error:
@@ -388,13 +381,17 @@ def train_alternating(model: FasterRCNN, dataset,
     """
     if isinstance(configs, TrainConfig):
         configs = {s: configs for s in ("step1", "step2", "step3", "step4")}
-    rpn_net, detector = copy.deepcopy(model), copy.deepcopy(model)
-    logs = {"step1": step1_train_rpn(rpn_net, dataset, configs["step1"],
-                                     checkpoint_path=_path(checkpoint_dir, "step1"), **kwargs)}
-    logs["step2"] = step2_train_detector(detector, rpn_net, dataset, configs["step2"],
-                                         checkpoint_path=_path(checkpoint_dir, "step2"), **kwargs)
-    logs["step3"] = step3_finetune_rpn(detector, dataset, configs["step3"], rpn_from=rpn_net,
-                                       checkpoint_path=_path(checkpoint_dir, "step3"), **kwargs)
-    logs["step4"] = step4_finetune_detector(detector, dataset, configs["step4"],
-                                            checkpoint_path=_path(checkpoint_dir, "step4"), **kwargs)
+    c, rpn_net, detector = configs, copy.deepcopy(model), copy.deepcopy(model)
+
+    def kw(step):  # the step's checkpoint file, and the caller's keywords
+        return {"checkpoint_path": _path(checkpoint_dir, step), **kwargs}
+
+    logs = {}
+    logs["step1"] = step1_train_rpn(rpn_net, dataset, c["step1"], **kw("step1"))
+    logs["step2"] = step2_train_detector(detector, rpn_net, dataset, c["step2"],
+                                         **kw("step2"))
+    logs["step3"] = step3_finetune_rpn(detector, dataset, c["step3"],
+                                       rpn_from=rpn_net, **kw("step3"))
+    logs["step4"] = step4_finetune_detector(detector, dataset, c["step4"],
+                                            **kw("step4"))
     return detector.eval(), logs

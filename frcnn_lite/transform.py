@@ -29,7 +29,8 @@ from frcnn_lite.checks import check_boxes_inside, check_image, check_target
 Size = Tuple[int, int]
 
 
-def resized_size(image_size: Size, min_size: int = 600, max_size: int = 1000) -> Size:
+def resized_size(image_size: Size, min_size: int = 600,
+                 max_size: int = 1000) -> Size:
     """The ``(h, w)`` an image of size ``(H, W)`` is resized to (§3.3).
 
     The scale makes the shorter side ``min_size``, unless that would make the

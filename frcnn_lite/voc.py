@@ -138,22 +138,25 @@ class VOCDetection(torch.utils.data.Dataset):
     def _record(self, name: str, label_of: Dict[str, int], unknown: str) -> dict:
         xml = self.root / "Annotations" / f"{name}.xml"
         if not xml.is_file():
-            raise FileNotFoundError(f"annotation {xml} (listed in {self.split}.txt) is missing.")
+            raise FileNotFoundError(f"annotation {xml} (listed in "
+                                    f"{self.split}.txt) is missing.")
         ann = parse_voc_xml(xml)
         objects = []
         for i, obj in enumerate(ann["objects"]):
             if obj["name"] not in label_of:
                 if unknown == "skip":
                     continue
-                raise ValueError(f"{xml}: object {i} has class {obj['name']!r}, not one of "
-                                 f"{list(label_of)}; pass classes=... with it, or "
-                                 f"unknown_classes='skip' to drop such objects.")
+                raise ValueError(f"{xml}: object {i} has class {obj['name']!r}, "
+                                 f"not one of {list(label_of)}; pass classes=... "
+                                 f"with it, or unknown_classes='skip' to drop "
+                                 f"such objects.")
             if obj["difficult"] and not self.keep_difficult:
                 continue
             objects.append({**obj, "index": i})
         xmin, ymin, xmax, ymax = np.array([o["bndbox"] for o in objects],
                                           dtype=np.float64).reshape(-1, 4).T
-        boxes = np.stack([xmin - 1, ymin - 1, xmax, ymax], axis=1)  # 1-based inclusive -> ours
+        # 1-based inclusive pixel indices -> our continuous coordinates
+        boxes = np.stack([xmin - 1, ymin - 1, xmax, ymax], axis=1)  # (N, 4)
         image_path = self._image_path(name, ann["filename"])
         size = ann["size"]
         keep = np.ones(len(objects), dtype=bool)
