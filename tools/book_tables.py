@@ -160,14 +160,15 @@ def intro_line() -> str:
     cpu = {stem: e["cpu"]["seconds"] for stem, e in data.items() if "cpu" in e}
     if not cpu:
         return "No chapter's time has been measured yet ({doc}`appendix_timings`)."
-    over = sorted(stem[:2].lstrip("0") for stem, s in cpu.items() if s > BUDGET_SECONDS)
+    over = [str(n) for n in sorted(int(stem[:2]) for stem, s in cpu.items() if s > BUDGET_SECONDS)]
     line = (f"Measured on a shared 2-core CPU, a chapter takes between {min(cpu.values()):.0f} s "
             f"and {max(cpu.values()) / 60:.1f} minutes top to bottom "
             f"({len(cpu)} of {len(chapters())} chapters measured, "
             f"{sum(cpu.values()) / 60:.0f} minutes together); ")
     named = ", ".join(over[:-1]) + f" and {over[-1]}" if len(over) > 1 else "".join(over)
-    line += (f"chapter{'s' if len(over) > 1 else ''} {named} take{'' if len(over) > 1 else 's'} "
-             f"longer than the four-minute budget; " if over
+    line += (f"chapter{'s' if len(over) > 1 else ''} {named} took longer than the four-minute "
+             f"budget there (times taken while other work shared the machine are upper bounds); "
+             if over
              else "every measured chapter is within the four-minute budget; ")
     return line + "{doc}`appendix_timings` lists each chapter's time."
 
