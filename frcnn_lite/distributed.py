@@ -36,6 +36,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DistributedSampler
 
+from frcnn_lite.checkpoint import CheckpointError
 from frcnn_lite.train import TrainConfig, Trainer
 
 __all__ = ["init_distributed", "cleanup_distributed", "DistributedTrainer", "main"]
@@ -167,6 +168,21 @@ class DistributedTrainer(Trainer):
         """Rank 0 writes the checkpoint (the replicas are identical)."""
         if self.rank == 0:
             super().save(rng_state)
+
+    def _training_state(self, rng_state) -> dict:
+        state = super()._training_state(rng_state)
+        state["data"] = {**state["data"], "world_size": self.world_size}
+        return state
+
+    def _check_same_data(self, saved) -> None:
+        """Also refuse another number of processes: each would see other mini-batches."""
+        super()._check_same_data(saved)
+        if saved is not None and saved.get("world_size", self.world_size) != self.world_size:
+            raise CheckpointError(
+                f"{self.checkpoint_path} was trained by {saved['world_size']} process(es), this "
+                f"run has {self.world_size}; resume with --nproc_per_node={saved['world_size']} "
+                f"(the batches and the effective batch size depend on it), or use another "
+                f"checkpoint path.")
 
     def fit(self) -> List[Dict[str, float]]:
         history = super().fit()

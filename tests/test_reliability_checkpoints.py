@@ -243,3 +243,18 @@ def test_a_missing_map_location_device_is_not_called_corrupt(tmp_path):
     missing = f"cuda:{torch.cuda.device_count()}"  # one past the last GPU
     with pytest.raises(ValueError, match=rf"device '{missing}' is not available here"):
         read_checkpoint(path, map_location=missing)
+
+
+def test_a_distributed_run_resumes_only_with_the_same_number_of_processes(tmp_path):
+    path = tmp_path / "ddp.pt"
+    config = TrainConfig(iterations=2, batch_size=2, lr=0.01)
+    DistributedTrainer(small_model(), small_data(4), config, checkpoint_path=path,
+                       progress=False, device="cpu").fit()
+    payload = torch.load(path, weights_only=True)
+    assert payload["training"]["data"]["world_size"] == 1
+    payload["training"]["data"]["world_size"] = 2  # as if 2 processes had trained it
+    torch.save(payload, path)
+    with pytest.raises(CheckpointError, match=r"trained by 2 process\(es\), this run has 1; "
+                                              r"resume with --nproc_per_node=2"):
+        DistributedTrainer(small_model(), small_data(4), config, checkpoint_path=path,
+                           progress=False, device="cpu").fit()
