@@ -168,7 +168,8 @@ def save_checkpoint(path: Union[str, Path], model, *, training: Optional[dict] =
 def _unreadable(path: Path, error: Exception) -> CheckpointError:
     """An actionable error for a file ``torch.load(weights_only=True)`` refused."""
     text = str(error)
-    blocked = re.findall(r"GLOBAL ([\w.]+)", text)
+    # newer torch names the refused global "GLOBAL posix.system", torch 2.1 "Unsupported class"
+    blocked = re.findall(r"(?:GLOBAL|Unsupported class) ([\w.]+)", text)
     if "Weights only load failed" in text or blocked:
         what = f" (it asks to run {blocked[0]})" if blocked else ""
         return CheckpointError(
