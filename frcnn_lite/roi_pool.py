@@ -140,16 +140,21 @@ def roi_pool_reference(features: torch.Tensor, rois: Rois,
     _, channels, height, width = features.shape
     bins = quantised_bins(rois, (height, width), (out_h, out_w), spatial_scale)
     x_lo, x_hi, y_lo, y_hi = (t.tolist() for t in bins)  # rules 1-4
-    out = features.new_zeros((rois.shape[0], channels, out_h, out_w))
+    empty = features.new_zeros(channels)  # an empty bin outputs 0
+    pooled = []  # (C,) per bin; stacked once (writing into a tensor bin by bin
+    # would make autograd copy the whole output at every write)
     for r, b in enumerate(rois[:, 0].long().tolist()):
         for i in range(out_h):
             for j in range(out_w):
                 rows = slice(y_lo[r][i], y_hi[r][i])
                 cols = slice(x_lo[r][j], x_hi[r][j])
                 cells = features[b, :, rows, cols].flatten(1)  # (C, h * w)
-                if cells.shape[1] > 0:  # an empty bin stays 0
-                    out[r, :, i, j] = cells.max(dim=1).values
-    return out
+                best = cells.max(dim=1).values if cells.shape[1] else empty
+                pooled.append(best)
+    if not pooled:
+        return features.new_zeros((0, channels, out_h, out_w))
+    out = torch.stack(pooled).view(-1, out_h, out_w, channels)  # (R, oh, ow, C)
+    return out.permute(0, 3, 1, 2)  # (R, C, out_h, out_w)
 
 
 def roi_pool(features: torch.Tensor, rois: Rois,
