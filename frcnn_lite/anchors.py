@@ -20,8 +20,9 @@ from typing import Optional, Sequence, Tuple
 import torch
 
 from frcnn_lite.boxes import box_iou
-from frcnn_lite.checks import (check_anchor_sampling, check_anchor_shapes, check_boxes,
-                               check_grid, check_label_inputs)
+from frcnn_lite.checks import check_boxes
+from frcnn_lite.layer_checks import (check_anchor_sampling, check_anchor_shapes, check_grid,
+                                     check_label_inputs)
 
 # Label values, as in the paper's p* plus an "ignored" state.
 POSITIVE, NEGATIVE, IGNORED = 1, 0, -1

@@ -35,8 +35,8 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from frcnn_lite.checks import (check_declared_stride, check_fits, check_image_size,
-                               check_tiny_settings)
+from frcnn_lite.layer_checks import (check_declared_stride, check_fits, check_image_size,
+                                     check_tiny_settings)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -20,7 +20,8 @@ from typing import Optional, Sequence, Tuple
 
 import torch
 
-from frcnn_lite.checks import check_boxes, check_nms_top_n
+from frcnn_lite.checks import check_boxes
+from frcnn_lite.layer_checks import check_nms_top_n
 
 # Largest log-scale change decode_boxes applies: a box may grow at most
 # 1000/16 = 62.5 times its reference in one step. Without it, exp() of a wild

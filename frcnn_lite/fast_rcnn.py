@@ -34,9 +34,10 @@ from torch import nn
 
 from frcnn_lite.anchors import _random_subset
 from frcnn_lite.boxes import box_iou, clip_boxes, decode_boxes, encode_boxes, remove_small_boxes
-from frcnn_lite.checks import (check_fast_rcnn_loss_inputs, check_head_features,
-                               check_head_outputs, check_head_settings, check_head_state_dict,
-                               check_roi_sampling, check_sampler_settings)
+from frcnn_lite.layer_checks import (check_fast_rcnn_loss_inputs, check_head_features,
+                                     check_head_outputs, check_head_settings,
+                                     check_head_state_dict, check_roi_sampling,
+                                     check_sampler_settings)
 from frcnn_lite.roi_pool import roi_pool, rois_from_boxes
 
 BOX_WEIGHTS = (10.0, 10.0, 5.0, 5.0)  # 1 / stds (0.1, 0.1, 0.2, 0.2)

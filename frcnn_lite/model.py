@@ -35,7 +35,7 @@ from torch import nn
 from frcnn_lite.backbones import Backbone, build_backbone
 from frcnn_lite.checkpoint import (config_from_checkpoint, load_checkpoint,
                                    read_checkpoint)
-from frcnn_lite.checks import check_training_targets
+from frcnn_lite.layer_checks import check_training_targets
 from frcnn_lite.config import FasterRCNNConfig  # noqa: F401  (its home is config.py)
 from frcnn_lite.fast_rcnn import RoIHeads
 from frcnn_lite.rpn import RegionProposalNetwork

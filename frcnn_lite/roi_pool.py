@@ -46,7 +46,7 @@ from typing import List, Sequence, Tuple, Union
 
 import torch
 
-from frcnn_lite.checks import check_roi_pool_inputs, check_rois, output_pair
+from frcnn_lite.layer_checks import check_roi_pool_inputs, check_rois, output_pair
 from frcnn_lite.roi_pool_fast import roi_pool_fast
 
 Rois = Union[torch.Tensor, Sequence[torch.Tensor]]

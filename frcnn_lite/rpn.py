@@ -24,8 +24,8 @@ from torch import nn
 
 from frcnn_lite.anchors import POSITIVE, base_anchors, grid_anchors, label_anchors, sample_anchors
 from frcnn_lite.boxes import clip_boxes, decode_boxes, encode_boxes, nms_top_n
-from frcnn_lite.checks import (check_batch, check_features, check_proposal_inputs,
-                               check_rpn_head_settings, check_rpn_loss_inputs)
+from frcnn_lite.layer_checks import (check_batch, check_features, check_proposal_inputs,
+                                     check_rpn_head_settings, check_rpn_loss_inputs)
 
 Size = Tuple[int, int]
 
