@@ -96,8 +96,8 @@ def bin_edges(start: torch.Tensor, end: torch.Tensor, bins: int, size: int,
     # Python number as a multiply by its reciprocal, which can be one bit off
     # (3 / 5 -> 0.6000000000000001) and move a bin edge past a whole cell.
     bins_t = torch.full((), bins, dtype=dtype, device=start.device)
-    bin_size = (length.to(dtype) / bins_t)[:, None]  # (R, 1), as in the C kernel
-    j = torch.arange(bins, dtype=dtype, device=start.device)[None, :]  # (1, bins)
+    bin_size = (length.to(dtype) / bins_t)[:, None]  # (R, 1), as the C kernel
+    j = torch.arange(bins, dtype=dtype, device=start.device)[None, :]  # (1, J)
     lo = torch.floor(j * bin_size).long() + start[:, None]  # (R, bins)
     hi = torch.ceil((j + 1) * bin_size).long() + start[:, None]  # (R, bins)
     return lo.clamp(0, size), hi.clamp(0, size)
