@@ -62,18 +62,22 @@ def repository_url() -> str:
 
 def setup_cell_source() -> str:
     """The first code cell of every chapter (identical everywhere; a test checks)."""
-    return f'''# Setup: on Colab, fetch and install frcnn_lite; locally and in CI this does nothing.
+    return f'''# Setup: on Colab, fetch and install frcnn_lite; elsewhere this does nothing.
 import importlib.util, subprocess, sys
 if importlib.util.find_spec("frcnn_lite") is None:
-    subprocess.run(["git", "clone", "-q", "--depth", "1", "{repository_url()}", "/content/frcnn-lite"], check=True)
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", "/content/frcnn-lite"], check=True)
-    sys.path.insert(0, "/content/frcnn-lite")
+    url = "{repository_url()}"
+    where = "/content/frcnn-lite"
+    subprocess.run(["git", "clone", "-q", "--depth", "1", url, where], check=True)
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", where],
+                   check=True)
+    sys.path.insert(0, where)
 import torch
 import frcnn_lite
 
 frcnn_lite.seed_everything(0)
 device = frcnn_lite.pick_device()  # cuda on a Colab GPU runtime, else cpu
-print(f"frcnn_lite {{frcnn_lite.__version__}}, torch {{torch.__version__}}, device: {{device}}")'''
+print(f"frcnn_lite {{frcnn_lite.__version__}}, torch {{torch.__version__}}, "
+      f"device: {{device}}")'''
 
 
 def chapter_paths(names: List[str] | None = None) -> List[Path]:
