@@ -85,10 +85,10 @@ def driver():
 
 @pytest.fixture(scope="module")
 def site():
-    """The site as the README's `make book` builds it (incremental when already built)."""
+    """The site as the README's `make book` builds it (all pages rebuilt: none stale)."""
     if _browser()[0] is None:
         _unavailable(_browser()[1])
-    result = subprocess.run([str(JUPYTER_BOOK), "build", str(ROOT), "-W", "-n", "--keep-going"],
+    result = subprocess.run([str(JUPYTER_BOOK), "build", str(ROOT), "--all", "-W", "-n", "--keep-going"],
                             capture_output=True, text=True, timeout=900, cwd=ROOT)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     return SITE
