@@ -1,29 +1,34 @@
 """frcnn_lite: a small, readable Faster R-CNN (Ren et al., 2015), built by the book.
 
-One module per concept of the paper (see the book's preface for the map):
+The detector, in the order of the paper's pipeline (Fig. 2):
 
-- ``boxes``       box conventions, IoU, clipping, Eq. 2 encode/decode (ch. 1, 4)
-- ``datasets``    the synthetic shapes dataset and its VOC/COCO exports (ch. 1)
-- ``backbones``   tiny, ZF-like, VGG-16, ResNet C4: the shared feature map (ch. 2)
-- ``config``      named presets: the paper's settings and the shapes settings (ch. 3)
-- ``anchors``     base/grid anchors, anchor labelling and sampling (ch. 3, 5)
-- ``rpn``         RPN head, Eq. 1 loss, proposal layer (ch. 5, 6)
-- ``roi_pool``    RoI max pooling from scratch (ch. 7)
-- ``fast_rcnn``   RoI sampling, the detection head, loss, post-processing (ch. 8)
-- ``transform``   resize, normalise and batch images; map boxes back (ch. 9)
-- ``model``       FasterRCNN: backbone + RPN + RoI head; the demo model (ch. 9)
-- ``stages``      which parameters each training stage trains (ch. 9)
-- ``train``       approximate joint and four-step alternating training (ch. 9)
-- ``checkpoint``  safe, resumable checkpoints that carry their configuration (ch. 9)
-- ``recipes``     named training recipes, prediction and evaluation helpers (ch. 9)
-- ``evaluate``    VOC AP, COCO AP via pycocotools, proposal recall, errors (ch. 10)
-- ``exercises``   checkers for the exercises; ``experiments``, ``ablations``, ``one_stage`` (ch. 11)
-- ``real_data``   VOC, COCO and Penn-Fudan loaders; ``downloads`` (ch. 12)
-- ``distributed`` DistributedDataParallel training under torchrun (ch. 12)
-- ``speed``       careful timing, per-stage times (Table V), a torchvision twin (ch. 13)
-- ``viz``, ``widgets``  drawing in the book's colours; ipywidgets explorers
+- ``boxes``        box conventions, IoU, clipping, Eq. 2 encode/decode, NMS (ch. 1, 4)
+- ``backbones``    tiny, ZF-like, VGG-16, ResNet C4: the shared feature map (ch. 2)
+- ``anchors``      base/grid anchors, anchor labelling and sampling (ch. 3, 5)
+- ``rpn``          RPN head, Eq. 1 loss, proposal layer (ch. 5, 6)
+- ``roi_pool``     RoI max pooling: the rules and a plain reference version (ch. 7);
+  ``roi_pool_fast`` the loop-free version the detector runs; ``roi_pool_triton`` an
+  optional CUDA kernel
+- ``fast_rcnn``    RoI sampling, the detection head, loss, post-processing (ch. 8)
+- ``transform``    resize, normalise and batch images; map boxes back (ch. 9)
+- ``model``        FasterRCNN: backbone + RPN + RoI head; load_model, the demo model (ch. 9)
+- ``batched``      the training targets of a whole mini-batch at once (GPU-friendly)
 
-Nothing here imports matplotlib at import time; ``viz`` does when it is used.
+Training, evaluation and data:
+
+- ``config``       FasterRCNNConfig, TrainConfig and the named presets (ch. 3, 9)
+- ``stages``, ``train``, ``checkpoint``, ``recipes``, ``distributed``  training (ch. 9)
+- ``evaluate``, ``coco_eval``  VOC AP, COCO AP via pycocotools, recall, errors (ch. 10)
+- ``datasets``     the synthetic shapes dataset and its VOC/COCO exports (ch. 1)
+- ``real_data`` (``voc``, ``coco``, ``pennfudan``, ``annotations``), ``downloads`` (ch. 12)
+- ``own_data``, ``cli``  your own COCO/VOC data; ``python -m frcnn_lite`` (ch. 14)
+- ``checks``, ``layer_checks``, ``run_checks``  input checks: one call at each door
+- ``paper``        every fact the book attributes to the paper, with where it is said
+
+The book's own machinery lives apart, in :mod:`frcnn_lite.book` (viz, widgets,
+explorers, exercises, experiments, ablations, one_stage, speed, bind); the old
+paths such as ``frcnn_lite.viz`` still import. Nothing outside ``frcnn_lite.book``
+imports matplotlib at import time.
 """
 
 from frcnn_lite import _moved
