@@ -1,28 +1,16 @@
 """Your own data: a labelled folder (COCO JSON or VOC XML) to datasets a detector trains on.
 
-The loaders of :mod:`frcnn_lite.real_data` read the formats; this module adds
-what a labelling tool's export needs on top of them (chapter 14):
-
-- :func:`open_dataset` takes a COCO JSON file or a VOC folder, as CVAT, Label
-  Studio, LabelImg or Roboflow write them, finds the images, and takes the
-  class names from the data (VOC: every ``<name>`` of the split, sorted; COCO:
-  the ``categories``, in id order, with the ids kept for writing results back).
-- :func:`check_dataset` reads every image and annotation once, before any
-  training, so a missing image, a box outside its image or an unknown class
-  stops the run with the file and the object named.
-- :func:`data_record` is the plain-JSON description a checkpoint keeps of the
-  data it came from (``frcnn_lite.checkpoint.read_data``), so that ``evaluate``
-  and ``detect`` use the same classes and input pipeline as training.
-- :func:`coco_results` and :func:`coco_ground_truth` write predictions and
-  boxes as COCO files that pycocotools (``COCO.loadRes``, ``COCOeval``) reads.
-- :func:`suggest_scales` picks anchor scales that cover the data's boxes.
-
-Quirks handled: VOC's 1-based pixel indices (the loader), non-contiguous or
-0-based COCO category ids, images without objects (background-only samples),
-``iscrowd`` regions (left out of training, ignored by evaluation), VOC
-``difficult`` objects (the same), and ``file_name`` with subfolders.
-
-Built in chapter 14.
+On top of the loaders of :mod:`frcnn_lite.real_data`: :func:`open_dataset`
+takes a COCO JSON file or a VOC folder as CVAT, Label Studio, LabelImg or
+Roboflow write them, finds the images and takes the class names from the data;
+:func:`check_dataset` reads every image and annotation before training, naming
+the file and object of any problem; :func:`data_record` is what a checkpoint
+keeps of its data, so ``evaluate`` and ``detect`` use the same classes and input
+pipeline; :func:`coco_results` and :func:`coco_ground_truth` write COCO files
+that pycocotools reads; :func:`suggest_scales` picks anchor scales for the
+boxes. Quirks handled: 1-based VOC pixels, gapped or 0-based COCO category ids,
+images without objects, ``iscrowd`` and ``difficult`` (left out of training,
+ignored by evaluation), ``file_name`` with subfolders. Built in chapter 14.
 """
 
 from __future__ import annotations
@@ -409,115 +397,3 @@ def suggest_scales(dataset, min_size: int, max_size: int, *, limit: int = 500) -
         scales.append(float(scale))
         scale *= 2
     return tuple(scales)
-
-
-# -- a labelling tool's export, made from the shapes (tests, chapter 14) ---------------------
-TOOL_CATEGORY_IDS = (5, 0, 12, 9, 31)  # gaps, out of order, one 0 (Label Studio numbers from 0)
-
-
-def write_tool_export(dataset, root: PathLike, fmt: str, *, empty_images: int = 2,
-                      crowd: int = 1, difficult: int = 1, split: str = "train",
-                      labelled: Optional[Sequence[str]] = None) -> Path:
-    """Write shapes images as a labelling tool exports them; returns the file to pass.
-
-    ``fmt="coco"``: CVAT's layout, ``annotations/instances_<split>.json`` with
-    the images in ``images/<split>/`` (``file_name`` has the subfolder), the
-    categories numbered :data:`TOOL_CATEGORY_IDS` (not 1..K, listed out of
-    order), ``segmentation``/``attributes`` fields, the first ``crowd`` boxes
-    marked ``iscrowd``. ``fmt="voc"``: LabelImg's XML (``<path>``, ``<pose>``,
-    ``<truncated>``, 1-based pixel indices) in a VOC folder with
-    ``ImageSets/Main/<split>.txt``, the first ``difficult`` objects marked
-    difficult. Both end with ``empty_images`` images that hold no object (the
-    tool lists them with no boxes). ``labelled``: the classes the labeller was
-    asked to mark (default all); objects of the other classes stay unlabelled.
-    """
-    from xml.etree import ElementTree as ET
-
-    from PIL import Image
-
-    root = Path(root)
-    names = [f"{split}_{i:04d}" for i in range(len(dataset) + empty_images)]
-    samples = [dataset[i] for i in range(len(dataset))]
-    if empty_images:
-        from frcnn_lite.datasets import ShapesDataset
-
-        height, width = samples[0][0].shape[1:]
-        blank = ShapesDataset("test", empty_images, image_size=(height, width),
-                              objects_per_image=(0, 0), seed=99)
-        samples += [blank[i] for i in range(empty_images)]
-    drawn = class_names_of(dataset)
-    classes = tuple(labelled) if labelled is not None else drawn
-    unknown = sorted(set(classes) - set(drawn))
-    if unknown:
-        raise ValueError(f"labelled={list(classes)}: {unknown} are not classes of the dataset "
-                         f"{list(drawn)}.")
-    samples = [(image, _relabel(target, drawn, classes)) for image, target in samples]
-    if fmt == "coco":
-        folder = root / "images" / split
-        folder.mkdir(parents=True, exist_ok=True)
-        images, annotations = [], []
-        for image_id, (name, (image, target)) in enumerate(zip(names, samples), start=1):
-            _save_png(image, folder / f"{name}.png")
-            images.append({"id": image_id, "file_name": f"{split}/{name}.png",
-                           "height": int(image.shape[1]), "width": int(image.shape[2])})
-            for box, label in zip(target["boxes"].tolist(), target["labels"].tolist()):
-                w, h = box[2] - box[0], box[3] - box[1]
-                annotations.append({"id": len(annotations) + 1, "image_id": image_id,
-                                    "category_id": TOOL_CATEGORY_IDS[label - 1],
-                                    "bbox": [box[0], box[1], w, h], "area": w * h,
-                                    "iscrowd": int(len(annotations) < crowd),
-                                    "segmentation": [], "attributes": {"occluded": False}})
-        categories = [{"id": c, "name": n, "supercategory": ""}
-                      for c, n in sorted(zip(TOOL_CATEGORY_IDS, classes), key=lambda p: p[1])]
-        path = root / "annotations" / f"instances_{split}.json"  # CVAT: one per subset
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"licenses": [], "info": {"description": "export"},
-                                    "categories": categories, "images": images,
-                                    "annotations": annotations}))
-        return path
-    if fmt != "voc":
-        raise ValueError(f"fmt must be 'coco' or 'voc', got {fmt!r}.")
-    for sub in ("Annotations", "JPEGImages", "ImageSets/Main"):
-        (root / sub).mkdir(parents=True, exist_ok=True)
-    marked = 0
-    for name, (image, target) in zip(names, samples):
-        _save_png(image, root / "JPEGImages" / f"{name}.png")
-        ann = ET.Element("annotation")
-        for tag, text in (("folder", "JPEGImages"), ("filename", f"{name}.png"),
-                          ("path", f"/home/me/labelling/{name}.png")):
-            ET.SubElement(ann, tag).text = text
-        ET.SubElement(ET.SubElement(ann, "source"), "database").text = "Unknown"
-        size = ET.SubElement(ann, "size")
-        for tag, value in (("width", image.shape[2]), ("height", image.shape[1]), ("depth", 3)):
-            ET.SubElement(size, tag).text = str(int(value))
-        ET.SubElement(ann, "segmented").text = "0"
-        for box, label in zip(target["boxes"].tolist(), target["labels"].tolist()):
-            obj = ET.SubElement(ann, "object")
-            ET.SubElement(obj, "name").text = classes[label - 1]
-            ET.SubElement(obj, "pose").text = "Unspecified"
-            ET.SubElement(obj, "truncated").text = "0"
-            ET.SubElement(obj, "difficult").text = str(int(marked < difficult))
-            marked += 1
-            bnd = ET.SubElement(obj, "bndbox")
-            # 1-based inclusive pixel indices: the first covered pixel, the last one
-            for tag, value in zip(("xmin", "ymin", "xmax", "ymax"),
-                                  (box[0] + 1, box[1] + 1, box[2], box[3])):
-                ET.SubElement(bnd, tag).text = str(int(round(value)))
-        ET.ElementTree(ann).write(root / "Annotations" / f"{name}.xml")
-    (root / "ImageSets" / "Main" / f"{split}.txt").write_text("\n".join(names) + "\n")
-    return root
-
-
-def _relabel(target: dict, drawn: Sequence[str], classes: Sequence[str]) -> dict:
-    """Keep the boxes of ``classes``, labelled by their place in ``classes`` (1..K)."""
-    names = [drawn[k - 1] for k in target["labels"].tolist()]
-    keep = torch.tensor([n in classes for n in names], dtype=torch.bool)
-    labels = [classes.index(n) + 1 for n in names if n in classes]
-    return {"boxes": target["boxes"][keep], "labels": torch.tensor(labels, dtype=torch.int64)}
-
-
-def _save_png(image: torch.Tensor, path: Path) -> None:
-    from PIL import Image
-
-    array = (image.permute(1, 2, 0).numpy() * 255.0 + 0.5).astype(np.uint8)  # (H, W, 3)
-    Image.fromarray(array).save(path)

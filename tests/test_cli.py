@@ -11,7 +11,7 @@ from frcnn_lite.checkpoint import read_checkpoint, read_data
 from frcnn_lite.cli import main
 from frcnn_lite.datasets import ShapesDataset
 from frcnn_lite.model import DEMO_MODEL_PATH
-from frcnn_lite.own_data import write_tool_export
+from frcnn_lite.book.tool_export import write_tool_export
 
 # sha256 over (name, raw bytes) of every tensor of data/demo_model.pt as committed in
 # f36d50f, before the data record was added: the re-saved file holds the same weights.

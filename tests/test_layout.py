@@ -101,7 +101,7 @@ def test_the_cycle_finder_finds_a_planted_cycle():
 
 # The command line draws its detections with the book's colours (``detect --out``): the one
 # place outside the book that may use frcnn_lite.book.viz, and nothing else of the book.
-MAY_DRAW = {"frcnn_lite.__main__", "frcnn_lite.cli"}
+MAY_DRAW = {"frcnn_lite.__main__", "frcnn_lite.cli", "frcnn_lite.cli_predict"}
 
 
 def test_the_detector_never_imports_the_books_machinery():

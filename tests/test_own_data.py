@@ -15,9 +15,9 @@ import torch
 
 from frcnn_lite.cli import main
 from frcnn_lite.datasets import ShapesDataset
-from frcnn_lite.own_data import (TOOL_CATEGORY_IDS, DataError, check_dataset, coco_ground_truth,
-                                 coco_results, data_record, holdout, open_dataset,
-                                 suggest_scales, write_tool_export)
+from frcnn_lite.book.tool_export import TOOL_CATEGORY_IDS, write_tool_export
+from frcnn_lite.own_data import (DataError, check_dataset, coco_ground_truth, coco_results,
+                                 data_record, holdout, open_dataset, suggest_scales)
 
 ROOT = Path(__file__).resolve().parent.parent
 SIZE = 64
