@@ -67,7 +67,8 @@ import importlib.util, subprocess, sys
 if importlib.util.find_spec("frcnn_lite") is None:
     url = "{repository_url()}"
     where = "/content/frcnn-lite"
-    subprocess.run(["git", "clone", "-q", "--depth", "1", url, where], check=True)
+    subprocess.run(["git", "clone", "-q", "--depth", "1", url, where],
+                   check=True)
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", where],
                    check=True)
     sys.path.insert(0, where)
