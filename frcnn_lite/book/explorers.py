@@ -37,17 +37,6 @@ from frcnn_lite.rpn import generate_proposals
 from frcnn_lite.book.explorer import (CSS_CLASS, Control, Explorer, buttons, slider)  # noqa: F401
 
 
-def _jpeg_data_uri(image: torch.Tensor, quality: int = 85) -> str:
-    """A ``(3, H, W)`` image as a JPEG ``data:`` URI (the book's noisy images: JPEG is ~6x
-    smaller than PNG)."""
-    from PIL import Image
-
-    array = (image.clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="JPEG", quality=quality)
-    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
-
-
 def _fmt(values: Sequence[float]) -> str:
     return ",".join(f"{v:.2g}" if v < 1 else f"{v:g}" for v in values)
 
