@@ -64,6 +64,10 @@ def fixture_book(root: Path) -> Path:
     config.pop("bibtex_bibfiles", None)
     config["sphinx"]["config"].pop("bibtex_reference_style", None)
     config["exclude_patterns"] = ["_build", "_build/**"]
+    # The book's own Sphinx extensions (tools/book_assets.py) stay where they are.
+    extensions = config["sphinx"].get("local_extensions") or {}
+    for name, where in extensions.items():
+        extensions[name] = str(ROOT / where)
     (root / "_config.yml").write_text(yaml.safe_dump(config))
     (root / "_toc.yml").write_text("format: jb-book\nroot: page\nchapters:\n  - file: nb\n")
     (root / "page.md").write_text(PAGE)

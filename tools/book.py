@@ -321,6 +321,11 @@ def edition_config(edition: str, path: Path, source: Path = ROOT) -> Path:
     sphinx = config.setdefault("sphinx", {}) or {}
     config["sphinx"] = sphinx
     sphinx.setdefault("config", {})["hide_solutions"] = edition == "student"
+    # The edition's config file lives in the output folder: make the book's own extension
+    # paths (relative to the source) absolute, or Sphinx looks for them beside that file.
+    extensions = sphinx.get("local_extensions") or {}
+    for name, where in extensions.items():
+        extensions[name] = str((source / where).resolve())
     if edition == "student":
         sphinx.setdefault("local_extensions", {})["hide_gated_solutions"] = str(ROOT / "tools")
     path.parent.mkdir(parents=True, exist_ok=True)
