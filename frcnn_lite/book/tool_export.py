@@ -12,9 +12,9 @@ import json
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
-import numpy as np
 import torch
 
+from frcnn_lite.datasets import _save_png
 from frcnn_lite.own_data import class_names_of
 
 PathLike = Union[str, Path]
@@ -119,10 +119,3 @@ def _relabel(target: dict, drawn: Sequence[str], classes: Sequence[str]) -> dict
     keep = torch.tensor([n in classes for n in names], dtype=torch.bool)
     labels = [classes.index(n) + 1 for n in names if n in classes]
     return {"boxes": target["boxes"][keep], "labels": torch.tensor(labels, dtype=torch.int64)}
-
-
-def _save_png(image: torch.Tensor, path: Path) -> None:
-    from PIL import Image
-
-    array = (image.permute(1, 2, 0).numpy() * 255.0 + 0.5).astype(np.uint8)  # (H, W, 3)
-    Image.fromarray(array).save(path)
