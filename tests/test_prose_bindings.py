@@ -49,10 +49,22 @@ from frcnn_lite.book import bind  # noqa: E402
 
 CHAPTERS = book.chapter_paths()
 IDS = [p.stem for p in CHAPTERS]
-PENDING = {"01_detection_problem", "02_backbones", "03_anchors", "04_box_parameterisation",
-           "05_labelling_and_rpn_loss", "06_region_proposal_network", "07_roi_pooling",
-           "09_training", "10_evaluation", "11_ablations", "12_real_data", "13_speed",
-           "14_your_own_data"}
+# One chapter per line: remove yours when its prose pass is done.
+PENDING = {
+    "01_detection_problem",
+    "02_backbones",
+    "03_anchors",
+    "04_box_parameterisation",
+    "05_labelling_and_rpn_loss",
+    "06_region_proposal_network",
+    "07_roi_pooling",
+    "09_training",
+    "10_evaluation",
+    "11_ablations",
+    "12_real_data",
+    "13_speed",
+    "14_your_own_data",
+}
 
 
 @pytest.mark.parametrize("path", CHAPTERS, ids=IDS)
