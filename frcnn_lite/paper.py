@@ -123,6 +123,14 @@ FACTS: Tuple[Fact, ...] = (
          "{value} (RPN_CLOBBER_POSITIVES = False: a best anchor under 0.3 stays positive)",
          "lib/rpn/anchor_target_layer.py, lib/fast_rcnn/config.py", source=_PFR,
          verified=_READ),
+    Fact("rpn_best_anchor_rare", "some rare cases", "the highest-IoU rule is kept for "
+         "{value} in which no anchor is above 0.7", "§3.1.2", verified="the arXiv v3 text"),
+    Fact("rpn_negative_non_positive", "non-positive", "a negative label only for a {value} "
+         "anchor whose IoU is below 0.3 for every ground-truth box", "§3.1.2",
+         verified="the arXiv v3 text"),
+    Fact("rpn_fg_iou_inclusive", ">=", "positive at IoU {value} 0.7 (the paper writes "
+         "\"higher than\")", "lib/rpn/anchor_target_layer.py (max_overlaps >= "
+         "RPN_POSITIVE_OVERLAP)", source=_PFR, verified=_READ),
     Fact("lambda_reg", 10, "lambda = {value}", "Eq. 1",
          note="The paper sets lambda in §3.1.2, beside Eq. 1."),
     Fact("n_cls", 256, "N_cls = {value} (the mini-batch size)", "Eq. 1"),
@@ -138,18 +146,31 @@ FACTS: Tuple[Fact, ...] = (
     Fact("rpn_positive_ratio", "1:1", "positives and negatives up to {value} (at most 128 "
          "positives)", "§3.1.3",
          verified=f"{_PFR} lib/fast_rcnn/config.py (TRAIN.RPN_FG_FRACTION = 0.5)"),
+    Fact("rpn_pad_negatives", 128, "fewer than {value} positives: the mini-batch is padded "
+         "with negatives", "§3.1.3", verified="the arXiv v3 text"),
+    Fact("rpn_images_per_batch", 1, "{value} image per RPN mini-batch (image-centric "
+         "sampling)", "§3.1.3", verified="the arXiv v3 text"),
     Fact("rpn_init_std", 0.01, "new layers drawn from a zero-mean Gaussian with standard "
          "deviation {value}", "§3.1.3"),
     Fact("voc_schedule", "0.001 for 60k mini-batches, 0.0001 for the next 20k",
          "a learning rate of {value} on PASCAL VOC", "§3.1.3",
          verified=f"{_PFR} models/pascal_voc/VGG16/faster_rcnn_alt_opt/"
                   "stage1_rpn_solver60k80k.pt (base_lr 0.001, stepsize 60000, 80k iterations)"),
+    Fact("voc_iterations", 80000, "{value} mini-batches in all on PASCAL VOC (60k + 20k)",
+         "§3.1.3", verified=f"{_PFR} models/pascal_voc/VGG16/faster_rcnn_alt_opt/"
+                            "stage1_rpn_solver60k80k.pt (max_iter 80000)"),
     Fact("momentum", 0.9, "momentum {value}", "§3.1.3", verified=f"{_PFR} solver files"),
     Fact("weight_decay", 0.0005, "weight decay {value}", "§3.1.3",
          verified=f"{_PFR} solver files"),
     # -- sharing features, training schemes (§3.2) --
     Fact("four_step", 4, "{value}-step alternating training", "§3.2",
          verified=f"{_PFR} tools/train_faster_rcnn_alt_opt.py (four stages)"),
+    Fact("alt_opt_iters", (80000, 40000, 80000, 40000), "{value} iterations for the four "
+         "steps on PASCAL VOC", "tools/train_faster_rcnn_alt_opt.py (max_iters)", source=_PFR,
+         verified=_READ),
+    Fact("end2end_iters", 70000, "{value} iterations of approximate joint training on "
+         "PASCAL VOC", "experiments/scripts/faster_rcnn_end2end.sh (ITERS)", source=_PFR,
+         verified=_READ),
     Fact("joint_speedup", "25-50%", "approximate joint training cuts training time by about "
          "{value} against alternating training, with close results", "§3.2"),
     # -- implementation details (§3.3) --
@@ -171,6 +192,11 @@ FACTS: Tuple[Fact, ...] = (
          "dropped", "lib/fast_rcnn/config.py (RPN_MIN_SIZE)", source=_PFR, verified=_READ),
     # -- the Fast R-CNN detector (Fast R-CNN paper, and py-faster-rcnn) --
     Fact("roi_pool_size", 7, "RoI pooling to {value} x {value} for VGG-16", "§2.1",
+         source="fast_rcnn"),
+    Fact("roi_pool_spp", "one pyramid level", "RoI pooling is SPPnet's spatial pyramid "
+         "pooling with {value}", "§2.1", source="fast_rcnn"),
+    Fact("roi_pool_backward", "argmax", "the RoI pooling backward pass: each output's "
+         "gradient goes to its {value} cell, summed over outputs", "§2.3 and Eq. 4",
          source="fast_rcnn"),
     Fact("fast_rcnn_batch", "R = 128 RoIs from N = 2 images", "mini-batches of {value} "
          "(64 RoIs per image)", "§2.3", source="fast_rcnn",
@@ -221,6 +247,10 @@ FACTS: Tuple[Fact, ...] = (
     Fact("table2_proposals", (100, 300, 1000), "ZF with {value} test proposals", "Table 2"),
     Fact("voc07_vgg", (69.9, 73.2), "VGG-16 mAP {value} on VOC 2007 test (trained on 07 / "
          "07+12)", "Table 3"),
+    Fact("voc07_map_07", 69.9, "{value}% mAP on VOC 2007 test for RPN + Fast R-CNN with "
+         "shared VGG-16 features, 300 proposals, trained on VOC 2007 trainval", "Table 3"),
+    Fact("voc07_map_0712", 73.2, "{value}% mAP on VOC 2007 test with VOC 2007 + 2012 "
+         "trainval for training (otherwise as voc07_map_07)", "Table 3"),
     Fact("vgg_ms_per_image", 198, "{value} ms per image for VGG-16 on a K40 GPU "
          "(5 fps)", "Table 5"),
     Fact("vgg_region_ms", 47, "{value} ms for the region-wise part (RoI pooling, fc layers, "
@@ -232,6 +262,18 @@ FACTS: Tuple[Fact, ...] = (
     Fact("table8_3x1", 69.8, "mAP {value} with 3 scales x 1 ratio", "Table 8"),
     Fact("table9_lambda", (0.1, 1, 10, 100), "lambda in {value}", "Table 9"),
     Fact("table10_one_stage", "one-stage vs two-stage", "a {value} comparison on ZF", "Table 10"),
+    Fact("table2_map", (55.1, 56.8, 56.3), "mAP {value} with 100, 300 and 1000 RPN proposals at "
+         "test (ZF, Fast R-CNN trained on Selective Search)", "Table 2"),
+    Fact("table8_1x1", (65.8, 66.7), "mAP {value} with one anchor (128² or 256², ratio 1:1)",
+         "Table 8"),
+    Fact("table8_1x3", (68.8, 67.9), "mAP {value} with one scale (128² or 256²) and 3 ratios",
+         "Table 8"),
+    Fact("table9_map", (67.2, 68.9, 69.9, 69.1), "mAP {value} for lambda = 0.1, 1, 10, 100",
+         "Table 9"),
+    Fact("table10_one_stage_map", 53.9, "mAP {value} for the one-stage (dense, OverFeat-like) "
+         "system with ZF", "Table 10"),
+    Fact("table10_two_stage_map", 58.7, "mAP {value} for the two-stage system with ZF "
+         "(300 RPN proposals)", "Table 10"),
 )
 
 _BY_KEY: Dict[str, Fact] = {f.key: f for f in FACTS}
