@@ -111,6 +111,20 @@ FACTS: Tuple[Fact, ...] = (
               "fewer (2.4 x 10^6 against 2.7 x 10^7), not two."),
     Fact("params_with_3x3", "2.4 x 10^6", "{value} parameters with the 3 x 3 layer, one order of "
          "magnitude fewer than MultiBox's 2.7 x 10^7", "§3.1.1"),
+    # -- backbones and the shared feature map (§3.1) --
+    Fact("zf_convs", 5, "{value} shareable conv layers in ZF", "§3.1"),
+    Fact("vgg_convs", 13, "{value} shareable conv layers in VGG-16", "§3.1"),
+    Fact("rpn_window", 3, "an n x n sliding window on the last shared conv layer, "
+         "n = {value}", "§3.1"),
+    Fact("zf_receptive_field", 171, "an effective receptive field of {value} pixels for the "
+         "RPN's 3 x 3 window on ZF", "§3.1"),
+    Fact("vgg_receptive_field", 228, "an effective receptive field of {value} pixels for the "
+         "RPN's 3 x 3 window on VGG-16", "§3.1"),
+    Fact("vgg_fixed_layers", "conv1_1 to conv2_2", "VGG-16's {value} kept fixed in training",
+         "models/pascal_voc/VGG16/faster_rcnn_end2end/train.prototxt (lr_mult: 0)",
+         source=_PFR, verified=_READ),
+    Fact("ss_proposals", 2000, "{value} Selective Search proposals per image for the Fast "
+         "R-CNN baseline", "Table 2"),
     # -- labels, loss (§3.1.2) --
     Fact("rpn_fg_iou", 0.7, "IoU above {value} with a ground-truth box: positive", "§3.1.2",
          verified=f"{_PFR} lib/fast_rcnn/config.py (TRAIN.RPN_POSITIVE_OVERLAP = 0.7)"),
