@@ -37,7 +37,12 @@ SOURCES = {
     "py-faster-rcnn": "py-faster-rcnn, the authors' Python/Caffe code (github.com/rbgirshick/py-faster-rcnn)",
     "torchvision": "torchvision.models.detection (github.com/pytorch/vision)",
     "detectron2": "detectron2 (github.com/facebookresearch/detectron2)",
+    "pascal_voc": "PASCAL VOC, Everingham et al. 2010 (IJCV), and its development kit",
+    "coco": "Microsoft COCO, Lin et al. 2014, and its evaluation code (pycocotools, "
+            "github.com/cocodataset/cocoapi)",
 }
+# How prose names the benchmarks' definitions (the other sources are named by their key).
+_CITED_AS = {"pascal_voc": "PASCAL VOC devkit", "coco": "COCO, pycocotools"}
 
 # The parts of the two papers a location may name (arXiv numbering).
 PAPER_SECTIONS = {"1", "2", "3", "3.1", "3.1.1", "3.1.2", "3.1.3", "3.2", "3.3", "4", "4.1",
@@ -288,6 +293,40 @@ FACTS: Tuple[Fact, ...] = (
          "system with ZF", "Table 10"),
     Fact("table10_two_stage_map", 58.7, "mAP {value} for the two-stage system with ZF "
          "(300 RPN proposals)", "Table 10"),
+    # -- COCO (§4.2) --
+    Fact("coco_vgg_ap50", 42.1, "{value}% mAP@0.5 on COCO test-dev (VGG-16, trained on COCO "
+         "train, 300 proposals)", "Table 11",
+         note="Trained on COCO trainval the same row reads 42.7 / 21.9."),
+    Fact("coco_vgg_ap", 21.5, "{value}% mAP@[.5, .95] on COCO test-dev (VGG-16, trained on "
+         "COCO train)", "Table 11"),
+    Fact("coco_small_anchor", 64, "a fourth anchor scale, {value}², for COCO's small objects",
+         "§4.2"),
+    # -- the benchmarks' definitions: PASCAL VOC's and COCO's, not the paper's --
+    Fact("voc_iou", 0.5, "a detection is correct at IoU at least {value} with a ground-truth "
+         "box of its class not claimed by a higher-scoring detection",
+         "VOCcode/VOCevaldet.m (VOCopts.minoverlap)", source="pascal_voc",
+         verified=f"{_PFR} lib/datasets/voc_eval.py (ovthresh=0.5)"),
+    Fact("voc07_points", 11, "AP as the mean of the precision envelope at the {value} recalls "
+         "0, 0.1, ..., 1 (the VOC 2007 rule)", "VOCdevkit 2007, VOCcode/VOCevaldet.m",
+         source="pascal_voc",
+         verified=f"{_PFR} lib/datasets/voc_eval.py (voc_ap, use_07_metric) and "
+                  "lib/datasets/pascal_voc.py (the 2007 rule for years before 2010)"),
+    Fact("voc_area_since", "2010", "AP as the area under the precision envelope (the rule from "
+         "VOC {value} on)", "VOCdevkit 2010+, VOCcode/VOCap.m", source="pascal_voc",
+         verified=f"{_PFR} lib/datasets/pascal_voc.py (\"The PASCAL VOC metric changed in "
+                  "2010\")"),
+    Fact("coco_ious", "0.50:0.05:0.95", "AP averaged over the IoU thresholds {value}",
+         "PythonAPI/pycocotools/cocoeval.py (Params.iouThrs)", source="coco",
+         verified="pycocotools cocoeval.py (np.linspace(.5, 0.95, 10))"),
+    Fact("coco_recall_points", 101, "the precision envelope sampled at {value} recalls "
+         "0, 0.01, ..., 1", "PythonAPI/pycocotools/cocoeval.py (Params.recThrs)",
+         source="coco", verified="pycocotools cocoeval.py (np.linspace(0, 1, 101))"),
+    Fact("coco_max_dets", (1, 10, 100), "at most {value} detections per image",
+         "PythonAPI/pycocotools/cocoeval.py (Params.maxDets)", source="coco",
+         verified="pycocotools cocoeval.py (maxDets = [1, 10, 100])"),
+    Fact("coco_area_edges", (32, 96), "small, medium and large objects split at areas of "
+         "{value} pixels squared", "PythonAPI/pycocotools/cocoeval.py (Params.areaRng)",
+         source="coco", verified="pycocotools cocoeval.py (areaRng 32 ** 2, 96 ** 2)"),
 )
 
 _BY_KEY: Dict[str, Fact] = {f.key: f for f in FACTS}
@@ -315,7 +354,7 @@ def where(key: str) -> str:
         return f.where
     if f.source == "fast_rcnn":
         return f"Fast R-CNN {f.where}"
-    return f.source
+    return _CITED_AS.get(f.source, f.source)
 
 
 def cite(key: str) -> str:
