@@ -277,6 +277,10 @@ FACTS: Tuple[Fact, ...] = (
     Fact("vgg_conv_ms", 141, "{value} ms for VGG-16's conv layers", "Table 5"),
     Fact("vgg_proposal_ms", 10, "{value} ms for the proposals with VGG-16", "Table 5"),
     Fact("zf_fps", 17, "{value} fps with ZF", "Table 5"),
+    Fact("zf_ms_per_image", 59, "{value} ms per image for ZF on a K40 GPU", "Table 5"),
+    Fact("zf_region_ms", 25, "{value} ms for the region-wise part with ZF", "Table 5"),
+    Fact("ss_proposal_ms", 1510, "{value} ms per image for Selective Search's proposals "
+         "(on a CPU; the VGG-16 SS + Fast R-CNN row)", "Table 5"),
     Fact("table8_3x3", 69.9, "mAP {value} with 3 scales x 3 ratios (VGG-16)", "Table 8"),
     Fact("table8_3x1", 69.8, "mAP {value} with 3 scales x 1 ratio", "Table 8"),
     Fact("table9_lambda", (0.1, 1, 10, 100), "lambda in {value}", "Table 9"),
