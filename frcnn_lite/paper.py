@@ -150,14 +150,6 @@ FACTS: Tuple[Fact, ...] = (
     Fact("rpn_fg_iou_inclusive", ">=", "positive at IoU {value} 0.7 (the paper writes "
          "\"higher than\")", "lib/rpn/anchor_target_layer.py (max_overlaps >= "
          "RPN_POSITIVE_OVERLAP)", source=_PFR, verified=_READ),
-    Fact("rpn_best_anchor_rare", "some rare cases", "the highest-IoU rule is kept for "
-         "{value} in which no anchor is above 0.7", "§3.1.2", verified="the arXiv v3 text"),
-    Fact("rpn_negative_non_positive", "non-positive", "a negative label only for a {value} "
-         "anchor whose IoU is below 0.3 for every ground-truth box", "§3.1.2",
-         verified="the arXiv v3 text"),
-    Fact("rpn_fg_iou_inclusive", ">=", "positive at IoU {value} 0.7 (the paper writes "
-         "\"higher than\")", "lib/rpn/anchor_target_layer.py (max_overlaps >= "
-         "RPN_POSITIVE_OVERLAP)", source=_PFR, verified=_READ),
     Fact("lambda_reg", 10, "lambda = {value}", "Eq. 1",
          note="The paper sets lambda in §3.1.2, beside Eq. 1."),
     Fact("n_cls", 256, "N_cls = {value} (the mini-batch size)", "Eq. 1"),
@@ -173,10 +165,6 @@ FACTS: Tuple[Fact, ...] = (
     Fact("rpn_positive_ratio", "1:1", "positives and negatives up to {value} (at most 128 "
          "positives)", "§3.1.3",
          verified=f"{_PFR} lib/fast_rcnn/config.py (TRAIN.RPN_FG_FRACTION = 0.5)"),
-    Fact("rpn_pad_negatives", 128, "fewer than {value} positives: the mini-batch is padded "
-         "with negatives", "§3.1.3", verified="the arXiv v3 text"),
-    Fact("rpn_images_per_batch", 1, "{value} image per RPN mini-batch (image-centric "
-         "sampling)", "§3.1.3", verified="the arXiv v3 text"),
     Fact("rpn_pad_negatives", 128, "fewer than {value} positives: the mini-batch is padded "
          "with negatives", "§3.1.3", verified="the arXiv v3 text"),
     Fact("rpn_images_per_batch", 1, "{value} image per RPN mini-batch (image-centric "
@@ -223,11 +211,6 @@ FACTS: Tuple[Fact, ...] = (
          "dropped", "lib/fast_rcnn/config.py (RPN_MIN_SIZE)", source=_PFR, verified=_READ),
     # -- the Fast R-CNN detector (Fast R-CNN paper, and py-faster-rcnn) --
     Fact("roi_pool_size", 7, "RoI pooling to {value} x {value} for VGG-16", "§2.1",
-         source="fast_rcnn"),
-    Fact("roi_pool_spp", "one pyramid level", "RoI pooling is SPPnet's spatial pyramid "
-         "pooling with {value}", "§2.1", source="fast_rcnn"),
-    Fact("roi_pool_backward", "argmax", "the RoI pooling backward pass: each output's "
-         "gradient goes to its {value} cell, summed over outputs", "§2.3 and Eq. 4",
          source="fast_rcnn"),
     Fact("roi_pool_spp", "one pyramid level", "RoI pooling is SPPnet's spatial pyramid "
          "pooling with {value}", "§2.1", source="fast_rcnn"),
