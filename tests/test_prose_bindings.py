@@ -53,7 +53,6 @@ IDS = [p.stem for p in CHAPTERS]
 PENDING = {
     "02_backbones",
     "03_anchors",
-    "05_labelling_and_rpn_loss",
     "06_region_proposal_network",
     "07_roi_pooling",
     "09_training",
