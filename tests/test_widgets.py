@@ -25,6 +25,13 @@ def test_anchor_figure():
     assert sum(p.get_height() for p in hist.patches) == 2  # one bar count per box
     assert "coverage of 2 boxes" in hist.get_title()
     plt.close(fig)
+    # Anchors larger than the image are drawn whole: the view holds every one.
+    fig = anchor_figure(image, (128,), (0.5, 1, 2), 16, gt_boxes=target["boxes"], cell=(0, 0))
+    (x1, x2), (y2, y1) = fig.axes[0].get_xlim(), fig.axes[0].get_ylim()
+    # cell (0, 0) is centred at (8, 8); the ratio-2 anchor is 128 * sqrt(2) tall
+    half_long = 128 * 2 ** 0.5 / 2
+    assert x1 < 8 - half_long and x2 > 96 and y1 < 8 - half_long and y2 > 8 + half_long
+    plt.close(fig)
     with pytest.raises(ValueError, match="outside the 4x6 feature map"):
         anchor_figure(image, (16,), (1,), 16, cell=(4, 0))
 

@@ -82,9 +82,17 @@ def anchor_figure(image: torch.Tensor, scales: Sequence[float], ratios: Sequence
     if gt_boxes is not None:
         draw_boxes(ax_img, gt_boxes, color="gt", linewidth=1.5, linestyle="--")
     first = (i * size[1] + j) * num_anchors
-    draw_boxes(ax_img, anchors[first:first + num_anchors], color="anchor", linewidth=1.2)
-    ax_img.set_xlim(-0.25 * width, 1.25 * width)  # room for anchors crossing the border
-    ax_img.set_ylim(1.25 * height, -0.25 * height)
+    drawn = anchors[first:first + num_anchors]  # (A, 4)
+    draw_boxes(ax_img, drawn, color="anchor", linewidth=1.2)
+    # The view holds the image and every drawn anchor, with a margin: big
+    # anchors cross the border and must not be cut off.
+    margin = 0.05 * max(height, width)
+    x1 = min(0.0, float(drawn[:, 0].min())) - margin
+    y1 = min(0.0, float(drawn[:, 1].min())) - margin
+    x2 = max(float(width), float(drawn[:, 2].max())) + margin
+    y2 = max(float(height), float(drawn[:, 3].max())) + margin
+    ax_img.set_xlim(x1, x2)
+    ax_img.set_ylim(y2, y1)
     ax_img.set_axis_on()
     ax_img.set_xlabel("x (pixels)")
     ax_img.set_ylabel("y (pixels)")
