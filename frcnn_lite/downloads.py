@@ -49,32 +49,41 @@ class Resource:
     md5: Optional[str] = None
     sha1: Optional[str] = None
     note: str = ""
+    images: Optional[int] = None  # images in the archive, where known
+    megabytes: Optional[float] = None  # approximate archive size (MiB)
 
 
 _VOC = "pascal/VOC/voc2007/"
+PENNFUDAN_IMAGES = 170  # and as many masks: the content check of download_pennfudan
 RESOURCES = {
     "voc2007_trainval": Resource("VOCtrainval_06-Nov-2007.tar", (
         f"https://thor.robots.ox.ac.uk/{_VOC}VOCtrainval_06-Nov-2007.tar",
         f"http://host.robots.ox.ac.uk/{_VOC}VOCtrainval_06-Nov-2007.tar"),
-        md5="c52e279531787c972589f7e41ab4ae64", note="VOC 2007 trainval, 5011 images, ~439 MB"),
+        md5="c52e279531787c972589f7e41ab4ae64", note="VOC 2007 trainval",
+        images=5011, megabytes=439),
     "voc2007_test": Resource("VOCtest_06-Nov-2007.tar", (
         f"https://thor.robots.ox.ac.uk/{_VOC}VOCtest_06-Nov-2007.tar",
         f"http://host.robots.ox.ac.uk/{_VOC}VOCtest_06-Nov-2007.tar"),
-        md5="b6e924de25625d8de591ea690078ad9f", note="VOC 2007 test, 4952 images, ~430 MB"),
+        md5="b6e924de25625d8de591ea690078ad9f", note="VOC 2007 test",
+        images=4952, megabytes=430),
     "voc2012_trainval": Resource("VOCtrainval_11-May-2012.tar", (
         "https://thor.robots.ox.ac.uk/pascal/VOC/voc2012/VOCtrainval_11-May-2012.tar",
         "http://host.robots.ox.ac.uk/pascal/VOC/voc2012/VOCtrainval_11-May-2012.tar"),
-        md5="6cd6e144f989b92b3379bac3b3de84fd", note="VOC 2012 trainval, 11540 images, ~1.9 GB"),
+        md5="6cd6e144f989b92b3379bac3b3de84fd", note="VOC 2012 trainval",
+        images=11540, megabytes=1907),
     "coco_val2017": Resource("val2017.zip", ("http://images.cocodataset.org/zips/val2017.zip",),
                              sha1="4950dc9d00dbe1c933ee0170f5797584351d2a41",
-                             note="COCO val2017 images, 5000 images, ~778 MB"),
+                             note="COCO val2017 images",
+                             images=5000, megabytes=778),
     "coco_annotations2017": Resource(
         "annotations_trainval2017.zip",
         ("http://images.cocodataset.org/annotations/annotations_trainval2017.zip",),
-        sha1="8551ee4bb5860311e79dace7e79cb91e432e78b3", note="COCO 2017 annotations, ~241 MB"),
+        sha1="8551ee4bb5860311e79dace7e79cb91e432e78b3", note="COCO 2017 annotations",
+        megabytes=241),
     "pennfudan": Resource("PennFudanPed.zip",
                           ("https://www.cis.upenn.edu/~jshi/ped_html/PennFudanPed.zip",),
-                          note="Penn-Fudan, ~54 MB; no published checksum (checked by content)"),
+                          note="Penn-Fudan; no published checksum (checked by content)",
+                          images=PENNFUDAN_IMAGES, megabytes=54),
 }
 
 
@@ -310,14 +319,15 @@ def download_coco_val2017(root: PathLike, *, timeout: float = 5.0, progress: boo
 def download_pennfudan(root: PathLike, *, timeout: float = 5.0, progress: bool = True) -> Path:
     """Fetch Penn-Fudan into ``root``; return ``root/PennFudanPed``, checked by content."""
     folder = Path(root) / "PennFudanPed"
+    count = PENNFUDAN_IMAGES
 
     def complete() -> bool:
-        return (len(list((folder / "PNGImages").glob("*.png"))) == 170
-                and len(list((folder / "PedMasks").glob("*_mask.png"))) == 170)
+        return (len(list((folder / "PNGImages").glob("*.png"))) == count
+                and len(list((folder / "PedMasks").glob("*_mask.png"))) == count)
 
     if not complete():
         _extract(fetch("pennfudan", root, timeout=timeout, progress=progress), Path(root))
         if not complete():
-            raise DownloadError(f"{folder} should hold 170 images and 170 masks after "
+            raise DownloadError(f"{folder} should hold {count} images and {count} masks after "
                                 f"extraction; delete {Path(root) / 'PennFudanPed.zip'} and retry.")
     return folder

@@ -57,7 +57,6 @@ PENDING = {
     "09_training",
     "10_evaluation",
     "11_ablations",
-    "12_real_data",
     "13_speed",
     "14_your_own_data",
 }
