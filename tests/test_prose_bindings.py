@@ -54,7 +54,6 @@ PENDING = {
     "02_backbones",
     "06_region_proposal_network",
     "07_roi_pooling",
-    "09_training",
     "10_evaluation",
     "11_ablations",
     "13_speed",
