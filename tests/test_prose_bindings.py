@@ -55,7 +55,6 @@ PENDING = {
     "06_region_proposal_network",
     "07_roi_pooling",
     "10_evaluation",
-    "13_speed",
     "14_your_own_data",
 }
 
