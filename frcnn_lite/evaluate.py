@@ -40,15 +40,16 @@ RECALL_IOUS = (0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95)
 
 
 def voc_ap(recall, precision, use_07_metric: bool = True) -> float:
-    """Average precision of one class from its PR curve (the paper's mAP, §4.1).
+    """Average precision of one class from its PR curve, by PASCAL VOC's rules.
 
     ``recall (n,)`` (non-decreasing) and ``precision (n,)``: point ``i`` is
     the top ``i + 1`` detections of the class, ranked by descending score.
     Both rules read the precision *envelope*: at recall ``r``, the best
     precision reached at any recall ``>= r``.
 
-    - ``use_07_metric=True`` (VOC 2007, the paper's tables): the mean of the
-      envelope at the 11 recalls 0, 0.1, ..., 1 (0 beyond the last recall).
+    - ``use_07_metric=True`` (VOC 2007's rule, by which the paper's VOC 2007
+      results are scored, §4.1): the mean of the envelope at the 11 recalls
+      0, 0.1, ..., 1 (0 beyond the last recall).
     - ``use_07_metric=False`` (VOC 2010 and later): the exact area under the
       envelope, summed over the recalls where the curve steps.
 
