@@ -73,7 +73,8 @@ def voc_ap(recall, precision, use_07_metric: bool = True) -> float:
 def evaluate_voc(predictions: Sequence[dict], targets: Sequence[dict], num_classes: int,
                  iou_thresh: float = 0.5, use_07_metric: bool = True,
                  class_names: Optional[Sequence[str]] = None) -> dict:
-    """PASCAL VOC evaluation of detections on ``I`` images (the paper's mAP, §4.1).
+    """PASCAL VOC evaluation of detections on ``I`` images: the VOC devkit's mAP (the
+    benchmark's metric, by which the paper reports its VOC results, §4.1).
 
     Per class, detections from all images are ranked by descending score (ties
     keep image order). Walking down the list, a detection is a true positive

@@ -9,7 +9,8 @@ each in miniature on the shapes dataset; the instructor guide assigns them.
     rows[0] -> {"config": {...}, "mAP": ..., "AP_small": ..., "AP_medium": ..., "AP_large": ...,
                 "recall": ..., "seconds": ..., "cached": False}
 
-- ``mAP``: VOC 2007 11-point mAP at IoU 0.5 (the paper's tables).
+- ``mAP``: PASCAL VOC 2007's 11-point mAP at IoU 0.5 (the benchmark's metric, by which the
+  paper's VOC tables are scored).
 - ``AP_small/medium/large``: AP at IoU 0.5 by COCO's size buckets (area < 32²,
   32²-96², > 96²), from pycocotools, averaged over classes that have such boxes.
 - ``recall``: the fraction of ground-truth boxes some test-time proposal
