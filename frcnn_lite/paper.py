@@ -227,6 +227,10 @@ FACTS: Tuple[Fact, ...] = (
          note="Faster R-CNN in py-faster-rcnn takes one image per mini-batch, so 128 RoIs "
               "per image; Fast R-CNN's paper takes 64 from each of two images. torchvision "
               "uses 512 per image."),
+    Fact("flip_augmentation", "horizontally flipped", "training images {value} with "
+         "probability 0.5, the only data augmentation", "§2.3", source="fast_rcnn",
+         note="py-faster-rcnn (TRAIN.USE_FLIPPED, imdb.append_flipped_images) instead adds "
+              "the mirror of every training image, doubling the set."),
     Fact("roi_fg_fraction", 0.25, "at most {value:.0%} foreground RoIs", "§2.3",
          source="fast_rcnn",
          verified=f"{_PFR} lib/fast_rcnn/config.py (TRAIN.FG_FRACTION = 0.25)"),
@@ -303,6 +307,8 @@ FACTS: Tuple[Fact, ...] = (
          note="Trained on COCO trainval the same row reads 42.7 / 21.9."),
     Fact("coco_vgg_ap", 21.5, "{value}% mAP@[.5, .95] on COCO test-dev (VGG-16, trained on "
          "COCO train)", "Table 11"),
+    Fact("coco_gpus", 8, "an {value}-GPU implementation (one image per GPU for the RPN, "
+         "two for Fast R-CNN)", "§4.2", note="On COCO (§4.2)."),
     Fact("coco_small_anchor", 64, "a fourth anchor scale, {value}², for COCO's small objects",
          "§4.2"),
     # -- the benchmarks' definitions: PASCAL VOC's and COCO's, not the paper's --
