@@ -1,4 +1,4 @@
-"""Ablation runner (chapter 11) and the one-stage detector of Table X.
+"""Ablation runner (chapter 11) and the one-stage detector of Table 10.
 
 Runs are tiny (a few iterations on a handful of 128 px images): these tests
 check the plumbing (cache, grid, reuse of trained weights, table, formats),
@@ -201,3 +201,19 @@ def test_grader_reads_scales_used_when_config_scales_is_none():
     assert "raise AP_small" in grade_anchor_scale_ablation([base, extra], small_scale=16)
     with pytest.raises(WrongAnswer, match="changed AP_small by"):
         grade_anchor_scale_ablation([base, {**extra, "AP_small": 0.2}], small_scale=16)
+
+
+def test_plot_legend_stays_clear_of_the_bars():
+    """The legend sits outside the axes: inside, it covered the first bar (chapter 11)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [{"config": {"lambda_reg": v}, "mAP": 0.8, "recall": 0.9} for v in (0.1, 1.0)]
+    ax = E.plot(rows, "lambda_reg", ("mAP", "recall"), paper=[67.2, 68.9])
+    fig = ax.figure
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    legend = ax.get_legend().get_window_extent(renderer)
+    assert legend.x0 >= ax.get_window_extent(renderer).x1
+    plt.close(fig)

@@ -325,5 +325,6 @@ def plot(rows: List[dict], x: str, metrics: Sequence[str] = ("mAP",), ax=None, p
     ax.set_xticks(range(len(rows)), names)
     ax.set_xlabel(x)
     ax.set_ylabel("%")
-    ax.legend(fontsize=8)
+    # outside the axes, on the right: inside, it covered the first bar
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1), borderaxespad=0)
     return ax
