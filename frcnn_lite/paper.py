@@ -99,8 +99,8 @@ FACTS: Tuple[Fact, ...] = (
     Fact("anchor_ratios", (0.5, 1, 2), "aspect ratios {value}", "§3.3",
          verified=f"{_PFR} lib/rpn/generate_anchors.py (ratios 0.5, 1, 2)"),
     Fact("stride", 16, "a total stride of {value} pixels on the last conv layer", "§3.3"),
-    Fact("anchor_count", 20000, "roughly {value} anchors for a 1000 x 600 image "
-         "(about 60 x 40 x 9)", "§3.3",
+    Fact("anchor_count", 20000, "roughly {value} anchors for a 1000 x 600 image, "
+         "about 60 x 40 x 9", "§3.3",
          note="Our floor-stride VGG-16 map of a 1000 x 600 image is 62 x 37 -> 20,646 anchors; "
               "the authors' Caffe pooling rounds up to 63 x 38 -> 21,546. 20,646 is ours, "
               "not the paper's."),

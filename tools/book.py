@@ -171,10 +171,11 @@ def hand_edited_cells(nb) -> List[int]:
 def _refuse_hand_edits(path: Path, nb) -> None:
     edited = hand_edited_cells(nb)
     if edited:
-        raise SystemExit(f"{path.name}: markdown cells {edited} were edited by hand after their "
-                         f"numbers were bound; rendering would overwrite the edit. Run "
-                         f"`tools/book.py unrender {path.stem}`, edit the templates ({{{{name}}}} "
-                         f"slots visible), then render or execute again.")
+        raise SystemExit(f"{path.name}: markdown cells {edited} differ from their templates' "
+                         f"rendering: edited by hand after their numbers were bound (rendering "
+                         f"would overwrite the edit), or a fact they quote from frcnn_lite/paper.py "
+                         f"changed. Run `tools/book.py unrender {path.stem}`, edit the templates "
+                         f"({{{{name}}}} slots visible) if needed, then render or execute again.")
 
 
 def _render(path: Path, nb) -> List[str]:
