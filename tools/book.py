@@ -5,7 +5,8 @@
     python tools/book.py render [NAME ...]    re-render bound prose from the stored values (no run)
     python tools/book.py unrender NAME        put the templates back into the prose, for editing
     python tools/book.py tables               write the generated appendix pages (settings,
-                                              timings, paper facts) and the intro's timing line
+                                              timings, paper facts), the intro's timing line
+                                              and book/instructor_guide.md (from chapter 11)
     python tools/book.py check [NAME ...]     report unexecuted cells, stored errors, a stale setup cell
     python tools/book.py sync                 rewrite every chapter's setup cell from SETUP_CELL
     python tools/book.py new NAME "Title"     start a chapter from the template
@@ -361,7 +362,8 @@ def main(argv: List[str] | None = None) -> int:
     p = sub.add_parser("unrender")
     p.add_argument("names", nargs="+")
     sub.add_parser("sync")
-    sub.add_parser("tables", help="write the generated appendix pages")
+    sub.add_parser("tables", help="write the generated pages (appendices, intro line, "
+                                   "instructor guide)")
     p = sub.add_parser("edition", help="build the student or instructor edition")
     p.add_argument("edition", choices=EDITIONS)
     p.add_argument("--output", type=Path, default=None,
