@@ -106,7 +106,8 @@ def settings_page() -> str:
              "Proposals are the top-N before / after NMS.\n\n")
     text += _table(("", *COLUMNS), rows)
     if missing:
-        text += ("\nChapters that do not record settings (yet): "
+        text += ("\nChapters without a row train no detector of their own (a chapter that "
+                 "only times or inspects one uses the shipped demo model, the DEMO_MODEL row): "
                  + ", ".join(f"[{title(p)}]({p.stem}.ipynb)" for p in missing) + ".\n")
     return text
 
