@@ -272,6 +272,14 @@ def _save_png(image: torch.Tensor, path: Path) -> None:
     Image.fromarray(array).save(path)
 
 
+def _write_voc_box(obj, box) -> None:
+    """Add ``<bndbox>`` to a VOC ``<object>``: ``(x1, y1, x2, y2)`` as 1-based inclusive pixels."""
+    bnd = ET.SubElement(obj, "bndbox")
+    for tag, value in zip(("xmin", "ymin", "xmax", "ymax"),
+                          (box[0] + 1, box[1] + 1, box[2], box[3])):
+        ET.SubElement(bnd, tag).text = str(int(round(value)))
+
+
 def export_voc(dataset: ShapesDataset, root: str | Path, num_images: Optional[int] = None) -> Path:
     """Write the dataset as a PASCAL VOC folder: ``JPEGImages/`` (PNG files),
     ``Annotations/*.xml`` and ``ImageSets/Main/<split>.txt``.
@@ -302,10 +310,7 @@ def export_voc(dataset: ShapesDataset, root: str | Path, num_images: Optional[in
             obj = ET.SubElement(ann, "object")
             ET.SubElement(obj, "name").text = dataset.classes[label - 1]
             ET.SubElement(obj, "difficult").text = "0"
-            bnd = ET.SubElement(obj, "bndbox")
-            for tag, value in zip(("xmin", "ymin", "xmax", "ymax"),
-                                  (box[0] + 1, box[1] + 1, box[2], box[3])):
-                ET.SubElement(bnd, tag).text = str(int(round(value)))
+            _write_voc_box(obj, box)
         ET.ElementTree(ann).write(root / "Annotations" / f"{name}.xml")
     (root / "ImageSets" / "Main" / f"{dataset.split}.txt").write_text("\n".join(names) + "\n")
     return root

@@ -14,7 +14,7 @@ from typing import Optional, Sequence, Union
 
 import torch
 
-from frcnn_lite.datasets import _save_png
+from frcnn_lite.datasets import _save_png, _write_voc_box
 from frcnn_lite.own_data import class_names_of
 
 PathLike = Union[str, Path]
@@ -103,11 +103,7 @@ def write_tool_export(dataset, root: PathLike, fmt: str, *, empty_images: int = 
             ET.SubElement(obj, "truncated").text = "0"
             ET.SubElement(obj, "difficult").text = str(int(marked < difficult))
             marked += 1
-            bnd = ET.SubElement(obj, "bndbox")
-            # 1-based inclusive pixel indices: the first covered pixel, the last one
-            for tag, value in zip(("xmin", "ymin", "xmax", "ymax"),
-                                  (box[0] + 1, box[1] + 1, box[2], box[3])):
-                ET.SubElement(bnd, tag).text = str(int(round(value)))
+            _write_voc_box(obj, box)  # 1-based inclusive pixels, as VOC writes them
         ET.ElementTree(ann).write(root / "Annotations" / f"{name}.xml")
     (root / "ImageSets" / "Main" / f"{split}.txt").write_text("\n".join(names) + "\n")
     return root
